@@ -1,0 +1,46 @@
+"""Match plain-English job descriptions to the tasks of a benchmark catalog.
+
+>>> import matcher
+>>> result = matcher.match("extract key fields from contracts")
+>>> result.chosen.task_id if result.matched else None
+'contract-key-fields'
+"""
+
+from .catalog import Catalog, Task, default_catalog, load_catalog
+from .config import FieldWeights, MatcherConfig
+from .engine import Matcher, default_config, match
+from .errors import (
+    CatalogError,
+    CatalogWarning,
+    ConfigError,
+    MatcherError,
+    QueryError,
+    SemanticUnavailableError,
+    UnknownTaskError,
+)
+from .results import CandidateExplanation, TaskMatch, TaskMatchCandidate
+from .semantic import Embedder, SentenceTransformerEmbedder
+
+__all__ = [
+    "CandidateExplanation",
+    "Catalog",
+    "CatalogError",
+    "CatalogWarning",
+    "ConfigError",
+    "Embedder",
+    "FieldWeights",
+    "Matcher",
+    "MatcherConfig",
+    "MatcherError",
+    "QueryError",
+    "SemanticUnavailableError",
+    "SentenceTransformerEmbedder",
+    "Task",
+    "TaskMatch",
+    "TaskMatchCandidate",
+    "UnknownTaskError",
+    "default_catalog",
+    "default_config",
+    "load_catalog",
+    "match",
+]

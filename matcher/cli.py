@@ -1,0 +1,150 @@
+"""Command line: `task-matcher "QUERY"`, `task-matcher list`, `task-matcher show TASK_ID`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog, default_catalog, load_catalog
+from .config import MatcherConfig
+from .engine import Matcher, SemanticOption
+from .errors import MatcherError
+from .results import CandidateExplanation, TaskMatch
+
+__all__ = ["main"]
+
+_COMMANDS = ("match", "list", "show")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="task-matcher",
+        description="Match a plain-English job description to catalog tasks.",
+        epilog='Examples: task-matcher "pull totals out of vendor invoices" | task-matcher list | '
+               "task-matcher show invoice-extraction. A query that is itself a command name "
+               "goes after 'match': task-matcher match list",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("match", help="rank the catalog's tasks for a query (the default command)")
+    m.add_argument("query", help="the job to match, in plain English")
+    m.add_argument("--top-k", type=int, default=5, help="number of candidates (default 5)")
+    m.add_argument("--json", action="store_true", help="print the API response body as JSON")
+    m.add_argument("--explain", action="store_true", help="show why each candidate scored as it did")
+    m.add_argument("--semantic", choices=("auto", "on", "off"), default="auto",
+                   help="embedding backstop: auto (if installed), on (required) or off")
+    _catalog_options(m)
+    m.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
+    ls = sub.add_parser("list", help="list the catalog's tasks")
+    _catalog_options(ls)
+    ls.add_argument("--json", action="store_true", help="print the tasks as JSON")
+    show = sub.add_parser("show", help="show one task's record")
+    show.add_argument("task_id")
+    show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
+    _catalog_options(show)
+    return parser
+
+
+def _catalog_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", type=Path, help="a catalog file or directory (default: bundled)")
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    return load_catalog(args.catalog) if args.catalog else default_catalog()
+
+
+def _format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _render_match(result: TaskMatch) -> str:
+    if result.matched and result.chosen is not None:
+        verdict = f"matched {result.chosen.task_id} (via {result.matcher})"
+    else:
+        verdict = f"no confident match (via {result.matcher}); closest candidates below"
+    if result.ambiguous:
+        verdict += "; ambiguous: the top two are close"
+    rows = [(str(rank), c.task_id, f"{c.score:.4f}", c.confidence)
+            for rank, c in enumerate(result.candidates, start=1)]
+    return f"{verdict}\n\n{_format_table(rows, ('rank', 'task', 'score', 'confidence'))}"
+
+
+def _render_explanations(explanations: Sequence[CandidateExplanation]) -> str:
+    lines: list[str] = []
+    if explanations and explanations[0].corrections:
+        fixes = ", ".join(f"{c.original} -> {c.corrected} ({c.similarity:.0f})"
+                          for c in explanations[0].corrections)
+        lines.append(f"fuzzy corrections: {fixes}")
+    for item in explanations:
+        semantic = ("" if item.semantic_similarity is None
+                    else f", semantic similarity {item.semantic_similarity:.4f}")
+        lines.append(f"\n{item.task_id}: score {item.score:.4f} ({item.confidence}), "
+                     f"keyword raw {item.keyword_raw:.4f}{semantic}")
+        for field in item.fields:
+            terms = ", ".join(f"{t} (+{c:.4f})" for t, c in field.terms)
+            detail = f": {terms}" if terms else ""
+            lines.append(f"  {field.field:<12} sim {field.similarity:.4f} x weight "
+                         f"{field.weight:g}{detail}")
+        if item.best_phrase:
+            lines.append(f"  nearest phrase: {item.best_phrase!r}")
+    return "\n".join(lines)
+
+
+def _semantic_option(value: str) -> SemanticOption:
+    return {"auto": "auto", "on": True, "off": False}[value]  # type: ignore[return-value]
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        tasks = _catalog(args).list()
+        if args.json:
+            print(json.dumps({"tasks": [t.to_dict(examples_n=0) for t in tasks]}, indent=2,
+                             ensure_ascii=False))
+        else:
+            rows = [(t.id, t.category or "", "yes" if t.has_blob_input else "no",
+                     t.default_scorer or "", t.title or "") for t in tasks]
+            print(_format_table(rows, ("task", "category", "blob input", "scorer", "title")))
+        return 0
+    if args.command == "show":
+        task = _catalog(args).get(args.task_id)
+        print(json.dumps(task.to_dict(examples_n=args.examples), indent=2, ensure_ascii=False))
+        return 0
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    config = MatcherConfig.load(args.config) if args.config else None
+    matcher = Matcher(_catalog(args), semantic=_semantic_option(args.semantic), config=config)
+    result = matcher.match(args.query, top_k=args.top_k)
+    if args.json:
+        body: dict[str, Any] = result.to_dict()
+        if args.explain:
+            body["explanations"] = [e.to_dict() for e in matcher.explain(args.query, args.top_k)]
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+    else:
+        print(_render_match(result))
+        if args.explain:
+            print(_render_explanations(matcher.explain(args.query, args.top_k)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `task-matcher` and `python -m matcher`; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] not in _COMMANDS and arguments[0] not in ("-h", "--help"):
+        arguments.insert(0, "match")
+    args = _parser().parse_args(arguments)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return _run(args)
+    except (MatcherError, ValueError, TypeError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"task-matcher: error: {message}", file=sys.stderr)
+        return 2

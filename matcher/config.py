@@ -1,0 +1,139 @@
+"""`MatcherConfig`: every tunable number of the engine in one immutable, versioned object."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["CONFIG_FORMAT", "CONFIG_VERSION", "FieldWeights", "MatcherConfig"]
+
+CONFIG_FORMAT = "task-matcher-config"
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FieldWeights:
+    """Weights of the keyword scorer's signals; the raw score is their weighted mean, in [0, 1]."""
+
+    title: float = 1.0
+    description: float = 1.0
+    keywords: float = 2.0
+    phrases: float = 1.0
+    best_phrase: float = 2.0
+    char_ngrams: float = 1.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    """Scoring, calibration and confidence settings.
+
+    Raw keyword and semantic scores are mapped to [0, 1] by a logistic curve
+    ``1 / (1 + exp(-(slope * raw + intercept)))``. A top candidate is ``high`` when its score
+    reaches `high_threshold` and leads the runner-up by `high_margin`; scores from
+    `medium_threshold` are ``medium``; the rest ``low``.
+    """
+
+    field_weights: FieldWeights = field(default_factory=FieldWeights)
+    keyword_slope: float = 12.0
+    keyword_intercept: float = -3.0
+    semantic_slope: float = 16.0
+    semantic_intercept: float = -9.0
+    semantic_fusion: float = 0.5
+    high_threshold: float = 0.6
+    medium_threshold: float = 0.3
+    high_margin: float = 0.1
+    ambiguity_margin: float = 0.08
+    fuzzy_cutoff: float = 85.0
+    fuzzy_min_length: int = 5
+    score_decimals: int = 4
+    max_query_chars: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("high_threshold", "medium_threshold", "high_margin", "ambiguity_margin",
+                     "semantic_fusion"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+        if self.medium_threshold > self.high_threshold:
+            raise ConfigError(
+                f"medium_threshold ({self.medium_threshold}) must not exceed "
+                f"high_threshold ({self.high_threshold})"
+            )
+        for name in ("keyword_slope", "semantic_slope"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        for name in ("keyword_intercept", "semantic_intercept"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be finite, got {getattr(self, name)!r}")
+        weights = self.field_weights.as_dict()
+        if any(w < 0 or not math.isfinite(w) for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ConfigError(f"field_weights must be finite, non-negative and not all zero: {weights}")
+        if not (0 <= self.fuzzy_cutoff <= 100):
+            raise ConfigError(f"fuzzy_cutoff must be in [0, 100], got {self.fuzzy_cutoff!r}")
+        if not (1 <= self.score_decimals <= 8):
+            raise ConfigError(f"score_decimals must be in [1, 8], got {self.score_decimals!r}")
+        if self.max_query_chars < 1 or self.fuzzy_min_length < 1:
+            raise ConfigError("max_query_chars and fuzzy_min_length must be positive")
+
+    def with_changes(self, **changes: Any) -> MatcherConfig:
+        """A copy with some settings replaced (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings with the format name and version."""
+        body = asdict(self)
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **body}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> MatcherConfig:
+        """Settings from `to_dict()` output; unknown keys or another format version are errors."""
+        if data.get("format") != CONFIG_FORMAT or data.get("version") != CONFIG_VERSION:
+            raise ConfigError(
+                f"{source}: not a {CONFIG_FORMAT} version {CONFIG_VERSION} file "
+                f"(format={data.get('format')!r}, version={data.get('version')!r})"
+            )
+        body = {k: v for k, v in data.items() if k not in ("format", "version", "tuning")}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config keys {unknown}; known keys: {sorted(known)}")
+        try:
+            weights = FieldWeights(**body.pop("field_weights", {}))
+            return cls(field_weights=weights, **body)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def save(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
+        """Write the config as JSON atomically; `extra` (e.g. tuning metrics) goes under 'tuning'."""
+        payload = self.to_dict()
+        if extra is not None:
+            payload["tuning"] = extra
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, target)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MatcherConfig:
+        """Read a config written by `save`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read matcher config: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a matcher config must be a JSON object")
+        return cls.from_dict(data, source=str(path))

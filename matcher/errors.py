@@ -1,0 +1,57 @@
+"""Exception types raised by the matcher, all under one base class."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogError",
+    "CatalogWarning",
+    "ConfigError",
+    "MatcherError",
+    "QueryError",
+    "SemanticUnavailableError",
+    "UnknownTaskError",
+]
+
+
+class MatcherError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class QueryError(MatcherError, ValueError):
+    """The query cannot be matched: empty, whitespace-only or too long."""
+
+
+class CatalogError(MatcherError, ValueError):
+    """A catalog file or record is invalid; the message names the file, the task and the field."""
+
+    def __init__(self, message: str, *, source: str | None = None, task_id: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.task_id = task_id
+        self.field = field
+
+
+class UnknownTaskError(MatcherError, KeyError):
+    """A task id is not in the catalog; the message suggests the closest ids."""
+
+    def __init__(self, task_id: str, suggestions: tuple[str, ...] = ()) -> None:
+        self.task_id = task_id
+        self.suggestions = suggestions
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown task id {task_id!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message again
+        return str(self.args[0])
+
+
+class ConfigError(MatcherError, ValueError):
+    """A matcher configuration is invalid or a config file cannot be read."""
+
+
+class SemanticUnavailableError(MatcherError, ImportError):
+    """The semantic backstop was requested but its optional dependencies are missing."""
+
+
+class CatalogWarning(UserWarning):
+    """A catalog loads but has a problem worth fixing, such as a keyword shared by two tasks."""

@@ -1,0 +1,94 @@
+"""Immutable result types: the body of `POST /v1/tasks/match` and per-candidate explanations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CandidateExplanation", "FieldMatch", "FuzzyCorrection", "TaskMatch", "TaskMatchCandidate"]
+
+
+@dataclass(frozen=True)
+class TaskMatchCandidate:
+    """One ranked task: its id, calibrated score in [0, 1] and confidence tier."""
+
+    task_id: str
+    score: float
+    confidence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "score": self.score, "confidence": self.confidence}
+
+
+@dataclass(frozen=True)
+class TaskMatch:
+    """Outcome of matching one query; `to_dict()` is the API response body."""
+
+    query: str
+    matched: bool
+    chosen: TaskMatchCandidate | None
+    candidates: tuple[TaskMatchCandidate, ...]
+    ambiguous: bool
+    matcher: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "matched": self.matched,
+            "chosen": None if self.chosen is None else self.chosen.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "ambiguous": self.ambiguous,
+            "matcher": self.matcher,
+        }
+
+
+@dataclass(frozen=True)
+class FuzzyCorrection:
+    """A query word missing from the catalog vocabulary, read as a close catalog word instead."""
+
+    original: str
+    corrected: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class FieldMatch:
+    """Query terms that matched one profile field, with their share of the raw score."""
+
+    field: str
+    similarity: float
+    weight: float
+    terms: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class CandidateExplanation:
+    """Why a task scored what it did: per-field term matches, nearest phrase, corrections."""
+
+    task_id: str
+    score: float
+    confidence: str
+    keyword_raw: float
+    semantic_similarity: float | None
+    fields: tuple[FieldMatch, ...]
+    best_phrase: str | None
+    corrections: tuple[FuzzyCorrection, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "score": self.score,
+            "confidence": self.confidence,
+            "keyword_raw": self.keyword_raw,
+            "semantic_similarity": self.semantic_similarity,
+            "fields": [
+                {"field": f.field, "similarity": f.similarity, "weight": f.weight,
+                 "terms": [{"term": t, "contribution": c} for t, c in f.terms]}
+                for f in self.fields
+            ],
+            "best_phrase": self.best_phrase,
+            "corrections": [
+                {"original": c.original, "corrected": c.corrected, "similarity": c.similarity}
+                for c in self.corrections
+            ],
+        }

