@@ -48,6 +48,33 @@ _Keyword = Annotated[_Text, StringConstraints(max_length=100)]
 _Weight = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=False)]
 
 
+class _LeaderboardEntry(BaseModel):
+    """One model row of a task's leaderboard."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: _ShortText
+    kind: Literal["open", "frontier"]
+    quality: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    cost_per_request_micro_usd: Annotated[int, Field(ge=0, strict=True)] | None = None
+    context_k: Annotated[int, Field(ge=0, strict=True)] | None = None
+    run_mode: _ShortText | None = None
+
+
+class _Leaderboard(BaseModel):
+    """Optional per-task model ranking; `illustrative` marks sample data that is not measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: _ShortText = "quality"
+    cost_unit: _ShortText = "per_request"
+    recommended: _ShortText | None = None
+    models: list[_LeaderboardEntry] = Field(default_factory=list)
+    frontier: _LeaderboardEntry | None = None
+    illustrative: StrictBool = False
+    note: _LongText | None = None
+
+
 class _TaskRecord(BaseModel):
     """Schema of one catalog record; see `matcher/data/catalog/SCHEMA.md`."""
 
@@ -63,6 +90,7 @@ class _TaskRecord(BaseModel):
     keywords: dict[_Keyword, _Weight] = Field(default_factory=dict)
     phrases: list[_Phrase] = Field(default_factory=list)
     examples: list[dict[str, Any]] = Field(default_factory=list)
+    leaderboard: _Leaderboard | None = None
 
     @field_validator("keywords", mode="before")
     @classmethod
@@ -103,6 +131,7 @@ class Task:
     keywords: tuple[tuple[str, float], ...] = ()
     phrases: tuple[str, ...] = ()
     examples: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
+    leaderboard: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self, *, examples_n: int | None = 0) -> dict[str, Any]:
         """JSON-ready record; `examples_n` examples are included (all when None)."""
@@ -136,6 +165,8 @@ class Task:
             keywords=keywords,
             phrases=tuple(record.phrases),
             examples=tuple(record.examples),
+            leaderboard=(None if record.leaderboard is None
+                         else record.leaderboard.model_dump(mode="json")),
         )
 
 
@@ -300,7 +331,8 @@ def _validate_records(records: Sequence[Any], source: str) -> list[Task]:
 
 
 def _fingerprint(profiles: Sequence[Task]) -> str:
-    canonical = [task.to_dict(examples_n=None) for task in profiles]
+    canonical = [{**task.to_dict(examples_n=None), "leaderboard": task.leaderboard}
+                 for task in profiles]
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

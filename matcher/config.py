@@ -40,15 +40,20 @@ class MatcherConfig:
     Raw keyword and semantic scores are mapped to [0, 1] by a logistic curve
     ``1 / (1 + exp(-(slope * raw + intercept)))``. A top candidate is ``high`` when its score
     reaches `high_threshold` and leads the runner-up by `high_margin`; scores from
-    `medium_threshold` are ``medium``; the rest ``low``.
+    `medium_threshold` are ``medium``; the rest ``low``. The keyword path alone decides when its
+    top task reaches `fallback_threshold` with that lead; otherwise the semantic backstop scores
+    ``semantic_fusion * keyword_raw + (1 - semantic_fusion) * embedding_similarity``.
+    `tuning` keeps the report of the run that produced the config (not used for matching).
     """
 
     field_weights: FieldWeights = field(default_factory=FieldWeights)
     keyword_slope: float = 12.0
     keyword_intercept: float = -3.0
-    semantic_slope: float = 16.0
-    semantic_intercept: float = -9.0
+    semantic_slope: float = 12.0
+    semantic_intercept: float = -6.0
     semantic_fusion: float = 0.5
+    semantic_centroid_weight: float = 0.5
+    fallback_threshold: float = 0.6
     high_threshold: float = 0.6
     medium_threshold: float = 0.3
     high_margin: float = 0.1
@@ -57,10 +62,11 @@ class MatcherConfig:
     fuzzy_min_length: int = 5
     score_decimals: int = 4
     max_query_chars: int = 4096
+    tuning: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("high_threshold", "medium_threshold", "high_margin", "ambiguity_margin",
-                     "semantic_fusion"):
+                     "semantic_fusion", "semantic_centroid_weight", "fallback_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -103,7 +109,7 @@ class MatcherConfig:
                 f"{source}: not a {CONFIG_FORMAT} version {CONFIG_VERSION} file "
                 f"(format={data.get('format')!r}, version={data.get('version')!r})"
             )
-        body = {k: v for k, v in data.items() if k not in ("format", "version", "tuning")}
+        body = {k: v for k, v in data.items() if k not in ("format", "version")}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(body) - known)
         if unknown:
@@ -114,11 +120,9 @@ class MatcherConfig:
         except TypeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
-    def save(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
-        """Write the config as JSON atomically; `extra` (e.g. tuning metrics) goes under 'tuning'."""
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON, atomically (a reader never sees half a file)."""
         payload = self.to_dict()
-        if extra is not None:
-            payload["tuning"] = extra
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

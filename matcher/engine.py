@@ -13,11 +13,18 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .calibration import HIGH, calibrate, confidence_tiers, is_ambiguous
+from .calibration import HIGH, LOW, calibrate, confidence_tiers, is_ambiguous
 from .catalog import Catalog, default_catalog, load_catalog
 from .config import MatcherConfig
 from .errors import QueryError, SemanticUnavailableError
-from .results import CandidateExplanation, FuzzyCorrection, TaskMatch, TaskMatchCandidate
+from .reasons import outcome_reasoning
+from .results import (
+    CandidateExplanation,
+    Capability,
+    FuzzyCorrection,
+    TaskMatch,
+    TaskMatchCandidate,
+)
 from .semantic import Embedder, SemanticIndex, SentenceTransformerEmbedder, semantic_available
 from .text import normalize
 
@@ -26,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Matcher", "default_config", "match"]
 
+CAPABILITY_CATEGORY = "capability"
 SemanticOption = bool | Literal["auto"] | Embedder
 FloatArray = npt.NDArray[np.float64]
 
@@ -95,9 +103,11 @@ class Matcher:
         if self._semantic is None:
             with self._lock:
                 if self._semantic is None:
-                    self._semantic = SemanticIndex(self._profiles, self._embedder,
-                                                   fingerprint=self.catalog.fingerprint,
-                                                   cache_dir=self._cache_dir)
+                    self._semantic = SemanticIndex(
+                        self._profiles, self._embedder, fingerprint=self.catalog.fingerprint,
+                        cache_dir=self._cache_dir,
+                        centroid_weight=self.config.semantic_centroid_weight,
+                    )
         return self._semantic
 
     def warm_up(self) -> None:
@@ -149,30 +159,63 @@ class Matcher:
         if not self._is_task[order[0]]:
             return False
         task_scores = scores[order[self._is_task[order]][:2]].tolist()
-        return confidence_tiers(task_scores, self.config)[0] == HIGH
+        lead = task_scores[0] - (task_scores[1] if len(task_scores) > 1 else 0.0)
+        return bool(task_scores[0] >= self.config.fallback_threshold
+                    and round(lead, self.config.score_decimals) >= self.config.high_margin)
 
     def _result(self, query: str, scored: _Scored, top_k: int) -> TaskMatch:
+        cfg = self.config
         order = _ranking(scored.scores)
         task_order = order[self._is_task[order]]
         unsupported = order[~self._is_task[order]]
         task_scores = scored.scores[task_order].tolist()
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
-        out_of_scope = (best_unsupported >= self.config.medium_threshold
-                        and best_unsupported > task_scores[0])
-        tiers = confidence_tiers(task_scores[: max(top_k, 2)], self.config,
-                                 allow_high=not out_of_scope)
+        out_of_scope = best_unsupported >= cfg.medium_threshold and best_unsupported > task_scores[0]
+        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=not out_of_scope)
         candidates = tuple(
             TaskMatchCandidate(self._profiles[i].id, float(s), t)
             for i, s, t in zip(task_order[:top_k].tolist(), task_scores[:top_k], tiers, strict=False)
         )
-        chosen = candidates[0] if candidates[0].confidence == HIGH else None
+        chosen = candidates[0] if tiers[0] == HIGH else None
+        ambiguous = is_ambiguous(task_scores[:2], cfg)
+        top = self._profiles[int(task_order[0])]
+        if out_of_scope:
+            kind, profile, position = "unsupported", self._profiles[int(unsupported[0])], int(unsupported[0])
+            confidence = confidence_tiers([best_unsupported], cfg)[0]
+        else:
+            profile, position, confidence = top, int(task_order[0]), tiers[0]
+            if top.category == CAPABILITY_CATEGORY and confidence != LOW:
+                kind = "capability"
+            else:
+                kind = "task" if chosen is not None else "none"
+        words = self._keyword_index().shared_words(scored.repaired, position)
+        reasoning = outcome_reasoning(
+            kind=kind,
+            profile=profile if (kind != "none" or float(scored.scores[position]) > 0) else None,
+            words=words,
+            score=float(scored.scores[position]),
+            matcher=scored.matcher,
+            similarity=None if scored.semantic is None else float(scored.semantic[position]),
+            runner_up=self._profiles[int(task_order[1])] if ambiguous else None,
+            corrections=scored.corrections,
+        )
+        capability = None
+        if kind == "capability":
+            capability = Capability(
+                id=top.id, label=top.title or top.id, category=top.category or "",
+                category_id=top.category or "", desc=top.description or "",
+            )
         return TaskMatch(
             query=query,
             matched=chosen is not None,
             chosen=chosen,
             candidates=candidates,
-            ambiguous=is_ambiguous(task_scores[:2], self.config),
+            ambiguous=ambiguous,
             matcher=scored.matcher,
+            type=kind,
+            confidence=confidence,
+            reasoning=reasoning,
+            capability=capability,
         )
 
     def match(self, query: str, top_k: int = 5) -> TaskMatch:

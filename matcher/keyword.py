@@ -105,6 +105,10 @@ class KeywordIndex:
         self._phrase_starts = np.searchsorted(self._phrase_owner, np.arange(n))
         self._has_phrases = np.bincount(self._phrase_owner, minlength=n) > 0
 
+        presence = sp.csr_matrix((n, len(self._vocab)))
+        for name in _FIELDS:
+            presence = presence + abs(self._field_matrices[name])
+        self._profile_terms = sp.csr_matrix(presence)
         stacked = [self._field_matrices[name] for name in _FIELDS] + [phrase_matrix]
         self._stacked_t = sp.csr_matrix(sp.vstack(stacked).T)
 
@@ -235,6 +239,16 @@ class KeywordIndex:
             if block.max() > 0:
                 best_phrase = self._phrase_texts[start + int(np.argmax(block))]
         return tuple(matches), best_phrase
+
+    def shared_words(self, repaired: str, position: int) -> tuple[str, ...]:
+        """Words of the query whose stem appears in the profile, in query order, once each."""
+        row = self._profile_terms.getrow(position)
+        present = {self._terms[i] for i in row.indices.tolist()}
+        words: list[str] = []
+        for tok in tokenize(repaired):
+            if tok not in STOP_WORDS and stem(tok) in present and tok not in words:
+                words.append(tok)
+        return tuple(words)
 
     def repair(self, normalized: str) -> tuple[str, tuple[FuzzyCorrection, ...]]:
         """The query with out-of-vocabulary words repaired, and the corrections made."""

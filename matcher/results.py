@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CandidateExplanation", "FieldMatch", "FuzzyCorrection", "TaskMatch", "TaskMatchCandidate"]
+__all__ = [
+    "CandidateExplanation",
+    "Capability",
+    "FieldMatch",
+    "FuzzyCorrection",
+    "TaskMatch",
+    "TaskMatchCandidate",
+]
+
+MATCH_TYPES = ("task", "capability", "unsupported", "none")
 
 
 @dataclass(frozen=True)
@@ -21,8 +30,28 @@ class TaskMatchCandidate:
 
 
 @dataclass(frozen=True)
+class Capability:
+    """A general lane (a `capability`-category task such as general-chat) the request fits."""
+
+    id: str
+    label: str
+    category: str
+    category_id: str
+    desc: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "category": self.category,
+                "category_id": self.category_id, "desc": self.desc}
+
+
+@dataclass(frozen=True)
 class TaskMatch:
-    """Outcome of matching one query; `to_dict()` is the API response body."""
+    """Outcome of matching one query; `to_dict()` is the API response body.
+
+    `type` is ``"task"`` (a task matched), ``"capability"`` (a general lane fits),
+    ``"unsupported"`` (recognizably outside the catalog) or ``"none"`` (nothing confident);
+    `confidence` is the tier of that outcome and `reasoning` says why in plain sentences.
+    """
 
     query: str
     matched: bool
@@ -30,6 +59,10 @@ class TaskMatch:
     candidates: tuple[TaskMatchCandidate, ...]
     ambiguous: bool
     matcher: str
+    type: str = "none"
+    confidence: str = "low"
+    reasoning: str = ""
+    capability: Capability | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +72,10 @@ class TaskMatch:
             "candidates": [c.to_dict() for c in self.candidates],
             "ambiguous": self.ambiguous,
             "matcher": self.matcher,
+            "type": self.type,
+            "confidence": self.confidence,
+            "reasoning": self.reasoning,
+            "capability": None if self.capability is None else self.capability.to_dict(),
         }
 
 

@@ -160,14 +160,29 @@ class SemanticIndex:
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self._centroids = centroids.astype(np.float32)
 
-    def similarities(self, query: str) -> npt.NDArray[np.float64]:
-        """Cosine similarity in [0, 1] (negatives clipped) of a query to every profile."""
-        vector = self._embedder.encode([query])[0].astype(np.float64)
-        centroid = self._centroids.astype(np.float64) @ vector
-        best = np.maximum.reduceat(self._text_vectors.astype(np.float64) @ vector, self._starts)
-        mixed = self._centroid_weight * centroid + (1.0 - self._centroid_weight) * best
+    def components(self, vectors: FloatMatrix) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Centroid cosines and best single-text cosines, one row per query vector."""
+        queries = np.atleast_2d(vectors).astype(np.float64)
+        centroid = queries @ self._centroids.astype(np.float64).T
+        per_text = queries @ self._text_vectors.astype(np.float64).T
+        best = np.maximum.reduceat(per_text, self._starts, axis=1)
+        return centroid, best
+
+    def mix(self, centroid: npt.NDArray[np.float64], best: npt.NDArray[np.float64],
+            centroid_weight: float) -> npt.NDArray[np.float64]:
+        """Similarity in [0, 1]: the weighted mix of centroid and best-text cosines, negatives clipped."""
+        mixed = centroid_weight * centroid + (1.0 - centroid_weight) * best
         clipped: npt.NDArray[np.float64] = np.clip(mixed, 0.0, 1.0)
         return clipped
+
+    def encode(self, queries: Sequence[str]) -> FloatMatrix:
+        """Query embeddings, one row each (one call per query keeps results batch-independent)."""
+        return np.vstack([self._embedder.encode([q]) for q in queries])
+
+    def similarities(self, query: str) -> npt.NDArray[np.float64]:
+        """Similarity in [0, 1] of one query to every profile."""
+        centroid, best = self.components(self._embedder.encode([query]))
+        return self.mix(centroid, best, self._centroid_weight)[0]
 
 
 def _cache_key(settings: dict[str, Any], texts: Sequence[str]) -> str:

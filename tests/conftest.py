@@ -1,0 +1,63 @@
+"""Shared fixtures: small hand-made catalogs and keyword-only matchers on the default catalog."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import matcher
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def small_records() -> list[dict[str, Any]]:
+    """A three-task catalog whose expected rankings are obvious to a reader."""
+    return [
+        {
+            "id": "invoice-extraction",
+            "title": "Invoice extraction",
+            "description": "Extract header fields, line items and totals from vendor invoices.",
+            "keywords": {"invoice": 1.0, "line items": 1.0, "vendor bill": 0.8},
+            "phrases": ["pull totals out of supplier invoices", "read line items from bills"],
+        },
+        {
+            "id": "receipt-extraction",
+            "title": "Receipt extraction",
+            "description": "Read merchant, date and total from shop receipts.",
+            "keywords": {"receipt": 1.0, "merchant": 0.8, "till slip": 0.5},
+            "phrases": ["scan restaurant receipts", "expense receipts to rows"],
+        },
+        {
+            "id": "sentiment-analysis",
+            "title": "Sentiment analysis",
+            "description": "Label reviews as positive, negative or neutral.",
+            "keywords": {"sentiment": 1.0, "polarity": 0.8, "review": 0.6},
+            "phrases": ["are customers happy with our app", "tag tweets as positive or negative"],
+        },
+    ]
+
+
+@pytest.fixture(scope="session")
+def default_keyword_matcher() -> matcher.Matcher:
+    """Keyword-only matcher on the bundled catalog (index built once per test session)."""
+    m = matcher.Matcher(matcher.default_catalog(), semantic=False)
+    m.warm_up()
+    return m
+
+
+@pytest.fixture
+def small_catalog() -> matcher.Catalog:
+    return matcher.Catalog.from_records(small_records())
+
+
+@pytest.fixture
+def small_matcher(small_catalog: matcher.Catalog) -> matcher.Matcher:
+    return matcher.Matcher(small_catalog, semantic=False)
