@@ -14,10 +14,14 @@ __all__ = ["HIGH", "LOW", "MEDIUM", "calibrate", "confidence_tiers", "is_ambiguo
 HIGH, MEDIUM, LOW = "high", "medium", "low"
 
 
-def calibrate(raw: npt.NDArray[np.float64], *, slope: float, intercept: float,
-              decimals: int) -> npt.NDArray[np.float64]:
-    """Logistic map of raw scores, rounded so that ranking never sees float noise."""
-    z = np.clip(slope * np.asarray(raw, dtype=np.float64) + intercept, -60.0, 60.0)
+def calibrate(raw: npt.NDArray[np.float64], *, slope: float, intercept: float, decimals: int,
+              offset: float | npt.NDArray[np.float64] = 0.0) -> npt.NDArray[np.float64]:
+    """Logistic map of raw scores, rounded so that ranking never sees float noise.
+
+    `offset` adds query-level evidence (such as vocabulary coverage) to the logit: it is the
+    same for every candidate of a query, so it moves confidence without changing the ranking.
+    """
+    z = np.clip(slope * np.asarray(raw, dtype=np.float64) + intercept + offset, -60.0, 60.0)
     return np.round(1.0 / (1.0 + np.exp(-z)), decimals)
 
 

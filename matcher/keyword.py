@@ -26,7 +26,7 @@ from .config import FieldWeights
 from .results import FieldMatch, FuzzyCorrection
 from .text import STOP_WORDS, normalize, stem, tokenize
 
-__all__ = ["KeywordIndex", "KeywordScores", "word_terms"]
+__all__ = ["SIGNALS", "KeywordIndex", "KeywordScores", "combine", "word_terms"]
 
 _FIELDS = ("title", "description", "keywords", "phrases")
 _MAX_REPAIRED_WORDS = 32
@@ -41,6 +41,17 @@ def word_terms(text: str) -> list[str]:
         terms.extend(stems)
         terms.extend(f"{a} {b}" for a, b in itertools.pairwise(stems))
     return terms
+
+
+SIGNALS = (*_FIELDS, "best_phrase", "char_ngrams")
+
+
+def combine(components: dict[str, FloatArray], weights: FieldWeights) -> FloatArray:
+    """Weighted mean of the signals: the raw keyword score, in [0, 1]."""
+    w = weights.as_dict()
+    total = sum(w.values())
+    raw = sum(w[name] * components[name] for name in SIGNALS) / total
+    return np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
 
 
 def _char_text(text: str) -> str:
@@ -63,6 +74,7 @@ class KeywordScores:
     raw: FloatArray
     corrections: tuple[FuzzyCorrection, ...]
     query_text: str
+    coverage: float
 
 
 class KeywordIndex:
@@ -181,13 +193,23 @@ class KeywordIndex:
     def score(self, normalized: str) -> KeywordScores:
         """Raw keyword scores in [0, 1] of a normalized query against every profile."""
         repaired, corrections = self._repair(normalized)
-        components = self._components(repaired)
-        w = self._weights
-        raw = (w.title * components["title"] + w.description * components["description"]
-               + w.keywords * components["keywords"] + w.phrases * components["phrases"]
-               + w.best_phrase * components["best_phrase"] + w.char_ngrams * components["char_ngrams"])
-        total = w.title + w.description + w.keywords + w.phrases + w.best_phrase + w.char_ngrams
-        return KeywordScores(np.clip(raw / total, 0.0, 1.0), corrections, repaired)
+        return KeywordScores(combine(self._components(repaired), self._weights), corrections, repaired,
+                             self.coverage(repaired))
+
+    def coverage(self, repaired: str) -> float:
+        """Share of the query's content words that the catalog vocabulary knows (0 when none).
+
+        A query such as "foo bar baz" whose only known word is "bar" may score high against a
+        profile that uses that word; its low coverage lets calibration lower its confidence.
+        """
+        stems = [stem(tok) for tok in tokenize(repaired) if tok not in STOP_WORDS]
+        if not stems:
+            return 0.0
+        return round(sum(s in self._vocab for s in stems) / len(stems), 4)
+
+    def components(self, normalized: str) -> dict[str, FloatArray]:
+        """Each signal's similarity (title, description, ... char_ngrams) to every profile."""
+        return self._components(self._repair(normalized)[0])
 
     def _components(self, repaired: str) -> dict[str, FloatArray]:
         n = self._n

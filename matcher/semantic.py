@@ -177,12 +177,14 @@ class SemanticIndex:
 
     def encode(self, queries: Sequence[str]) -> FloatMatrix:
         """Query embeddings, one row each (one call per query keeps results batch-independent)."""
-        return np.vstack([self._embedder.encode([q]) for q in queries])
+        stacked: FloatMatrix = np.vstack([self._embedder.encode([q]) for q in queries])
+        return stacked
 
     def similarities(self, query: str) -> npt.NDArray[np.float64]:
         """Similarity in [0, 1] of one query to every profile."""
         centroid, best = self.components(self._embedder.encode([query]))
-        return self.mix(centroid, best, self._centroid_weight)[0]
+        row: npt.NDArray[np.float64] = self.mix(centroid, best, self._centroid_weight)[0]
+        return row
 
 
 def _cache_key(settings: dict[str, Any], texts: Sequence[str]) -> str:

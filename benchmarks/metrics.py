@@ -1,0 +1,277 @@
+"""Metric functions over per-query predictions; pure, deterministic and unit-tested.
+
+A `Prediction` is what any system (our engine or a peer) said about one labelled query: its
+ranking, the top score, whether it *accepted* the top task as the answer (our engine:
+``matched``; a peer: its top score clears a threshold tuned on the tuning split), and for our
+engine the confidence tier, ambiguity flag and deciding path.
+
+Definitions used throughout (N = all queries, N_in = in-scope, N_oos = out-of-scope):
+
+* top-1 accuracy, recall@k: over in-scope queries, ignoring acceptance.
+* in-scope accuracy: in-scope queries whose top task is accepted *and* right, over N_in
+  (a rejected in-scope query counts as wrong), as in Larson et al. 2019.
+* out-of-scope recall: out-of-scope queries that were not accepted, over N_oos.
+* tier precision: queries whose top candidate has the tier and is right, over those in the
+  tier (an out-of-scope query is never right); tier coverage: queries in the tier over N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "TIERS",
+    "Prediction",
+    "TaskScores",
+    "TierStats",
+    "accepted_accuracy",
+    "ambiguity_rate",
+    "balanced_threshold",
+    "confused_pairs",
+    "expected_calibration_error",
+    "latency_summary",
+    "oos_recall",
+    "path_share",
+    "per_task_scores",
+    "precision_threshold",
+    "recall_at_k",
+    "reliability_curve",
+    "tier_stats",
+    "top1_accuracy",
+]
+
+TIERS = ("high", "medium", "low")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One system's answer to one labelled query."""
+
+    gold: str | None
+    ranking: tuple[str, ...]
+    top_score: float
+    accepted: bool
+    tier: str | None = None
+    ambiguous: bool | None = None
+    path: str | None = None
+
+    @property
+    def correct(self) -> bool:
+        """The top-ranked task is the labelled one (never true for an out-of-scope query)."""
+        return self.gold is not None and bool(self.ranking) and self.ranking[0] == self.gold
+
+    @property
+    def answer(self) -> str | None:
+        """The task the system commits to: its top task if accepted, else None (no match)."""
+        return self.ranking[0] if self.accepted and self.ranking else None
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def top1_accuracy(preds: Sequence[Prediction]) -> float:
+    """Share of in-scope queries whose top-ranked task is right (acceptance ignored)."""
+    in_scope = [p for p in preds if p.gold is not None]
+    return _ratio(sum(p.correct for p in in_scope), len(in_scope))
+
+
+def recall_at_k(preds: Sequence[Prediction], k: int = 5) -> float:
+    """Share of in-scope queries whose labelled task is among the first `k` ranked."""
+    in_scope = [p for p in preds if p.gold is not None]
+    return _ratio(sum(p.gold in p.ranking[:k] for p in in_scope), len(in_scope))
+
+
+def accepted_accuracy(preds: Sequence[Prediction]) -> float:
+    """Share of in-scope queries answered (accepted) with the right task."""
+    in_scope = [p for p in preds if p.gold is not None]
+    return _ratio(sum(p.accepted and p.correct for p in in_scope), len(in_scope))
+
+
+def oos_recall(preds: Sequence[Prediction]) -> float:
+    """Share of out-of-scope queries given no match."""
+    oos = [p for p in preds if p.gold is None]
+    return _ratio(sum(not p.accepted for p in oos), len(oos))
+
+
+@dataclass(frozen=True)
+class TierStats:
+    """Queries whose top candidate had one tier: how many, how many right, share of all."""
+
+    count: int
+    correct: int
+    precision: float
+    coverage: float
+
+
+def tier_stats(preds: Sequence[Prediction]) -> dict[str, TierStats]:
+    """Precision and coverage of each confidence tier (predictions without a tier are skipped)."""
+    total = len(preds)
+    out = {}
+    for tier in TIERS:
+        members = [p for p in preds if p.tier == tier]
+        correct = sum(p.correct for p in members)
+        out[tier] = TierStats(len(members), correct, _ratio(correct, len(members)),
+                              _ratio(len(members), total))
+    return out
+
+
+def ambiguity_rate(preds: Sequence[Prediction]) -> float:
+    """Share of queries flagged ambiguous (predictions without the flag are skipped)."""
+    flagged = [p.ambiguous for p in preds if p.ambiguous is not None]
+    return _ratio(sum(flagged), len(flagged))
+
+
+def path_share(preds: Sequence[Prediction], path: str) -> float:
+    """Share of queries decided by `path` (e.g. ``"semantic"``)."""
+    return _ratio(sum(p.path == path for p in preds), len(preds))
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    """Per-task precision / recall of committed answers (no-match counts as no answer)."""
+
+    task_id: str
+    support: int
+    answered: int
+    precision: float
+    recall: float
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        if math.isnan(p) or math.isnan(r) or p + r == 0:
+            return 0.0
+        return 2 * p * r / (p + r)
+
+
+def per_task_scores(preds: Sequence[Prediction]) -> list[TaskScores]:
+    """Precision and recall of each task that is labelled or answered, sorted by task id."""
+    support = Counter(p.gold for p in preds if p.gold is not None)
+    answered = Counter(p.answer for p in preds if p.answer is not None)
+    hits = Counter(p.gold for p in preds if p.answer is not None and p.answer == p.gold)
+    tasks = sorted(set(support) | set(answered))
+    return [TaskScores(t, support[t], answered[t], _ratio(hits[t], answered[t]),
+                       _ratio(hits[t], support[t])) for t in tasks]
+
+
+def confused_pairs(preds: Sequence[Prediction], n: int = 10) -> list[tuple[str, str, int]]:
+    """The `n` most frequent (labelled, top-ranked) pairs among in-scope top-1 errors.
+
+    Ties are broken by the pair's names so the list is deterministic.
+    """
+    pairs = Counter((p.gold, p.ranking[0]) for p in preds
+                    if p.gold is not None and p.ranking and not p.correct)
+    ordered = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+    return [(str(gold), top, count) for (gold, top), count in ordered[:n]]
+
+
+def reliability_curve(scores: Sequence[float], correct: Sequence[bool], bins: int = 10
+                      ) -> list[tuple[float, float, float, int]]:
+    """Equal-width bins over [0, 1]: (bin low, mean score, share correct, count), empty bins skipped."""
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(correct, dtype=np.float64)
+    index = np.minimum((s * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            out.append((b / bins, float(s[mask].mean()), float(c[mask].mean()), int(mask.sum())))
+    return out
+
+
+def expected_calibration_error(scores: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Count-weighted mean |mean score - share correct| over equal-width bins (0 = calibrated)."""
+    curve = reliability_curve(scores, correct, bins)
+    total = sum(count for *_, count in curve)
+    if not total:
+        return math.nan
+    return sum(count * abs(mean - hit) for _, mean, hit, count in curve) / total
+
+
+def _descending_groups(scores: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64],
+                                                                 npt.NDArray[np.int64]]:
+    """Unique values, descending, and for each the number of scores >= it."""
+    values, counts = np.unique(scores, return_counts=True)
+    values, counts = values[::-1], counts[::-1]
+    return values, np.cumsum(counts)
+
+
+def _between(values: npt.NDArray[np.float64], i: int) -> float:
+    """Threshold accepting exactly the scores >= values[i]: midway to the next lower value."""
+    if i + 1 < len(values):
+        return float((values[i] + values[i + 1]) / 2)
+    return -math.inf
+
+
+def balanced_threshold(scores: Sequence[float], correct: Sequence[bool], in_scope: Sequence[bool],
+                       eligible: Sequence[bool] | None = None) -> float:
+    """The no-match threshold maximizing in-scope accuracy + out-of-scope recall on this split.
+
+    A query is accepted when it is `eligible` (default: all) and its score is >= the threshold.
+    Candidates are every distinct score (each taken midway to the next lower one, so the
+    accepted set on this split is exactly the one scored) plus +inf (accept nothing). Ties in
+    the objective go to the lowest threshold, i.e. the most answers. Without out-of-scope
+    queries the objective is accuracy alone. Returns -inf when accepting everything is best.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    ins = np.asarray(in_scope, dtype=bool)
+    el = np.ones(len(s), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    n_in, n_oos = int(ins.sum()), int((~ins).sum())
+    # objective at +inf: nothing accepted, every out-of-scope query rejected
+    best_value, best_threshold = (1.0 if n_oos else 0.0), math.inf
+    cand = s[el]
+    if len(cand) == 0:
+        return best_threshold
+    values, _ = _descending_groups(cand)
+    order = np.argsort(-cand, kind="stable")
+    sorted_scores = cand[order]
+    right = np.cumsum((ok & ins)[el][order])
+    oos_taken = np.cumsum((~ins)[el][order])
+    ends = np.searchsorted(-sorted_scores, -values, side="right") - 1
+    for i, end in enumerate(ends):
+        acc = right[end] / n_in if n_in else 0.0
+        rec = (1.0 - oos_taken[end] / n_oos) if n_oos else 0.0
+        value = acc + rec
+        if value >= best_value - 1e-12:
+            best_value, best_threshold = value, _between(values, i)
+    return best_threshold
+
+
+def precision_threshold(scores: Sequence[float], correct: Sequence[bool], target: float = 0.97,
+                        eligible: Sequence[bool] | None = None) -> float:
+    """The lowest threshold whose accepted answers are right at least `target` of the time here.
+
+    Same candidates and acceptance rule as `balanced_threshold`; +inf when no threshold reaches
+    the target.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    el = np.ones(len(s), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    cand = s[el]
+    best = math.inf
+    if len(cand) == 0:
+        return best
+    values, taken = _descending_groups(cand)
+    order = np.argsort(-cand, kind="stable")
+    right = np.cumsum(ok[el][order])
+    ends = np.searchsorted(-cand[order], -values, side="right") - 1
+    for i, end in enumerate(ends):
+        if right[end] / taken[i] >= target - 1e-12:
+            best = _between(values, i)
+    return best
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> tuple[float, float, int]:
+    """(median, p99, count) in milliseconds; NaNs when there is nothing to summarize."""
+    if not latencies_ms:
+        return math.nan, math.nan, 0
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    return float(np.median(values)), float(np.percentile(values, 99)), len(values)

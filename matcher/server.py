@@ -1,0 +1,631 @@
+"""Reference HTTP API over a `Matcher`: the `/v1/tasks` routes that the pareta client calls.
+
+`create_app` builds a FastAPI app over one matcher and its catalog; `serve_main` is the
+`task-matcher serve` command. FastAPI and uvicorn are imported here only (the `server` extra),
+so `import matcher` never needs them.
+
+Routes (bodies are the library's own `to_dict()` output, so keys the library adds flow through):
+
+- ``POST /v1/tasks/match`` ``{"query": str, "top_k": int = 5}`` -> `TaskMatch.to_dict()`
+- ``GET /v1/tasks`` -> ``{"tasks": [...]}``; ``GET /v1/tasks/{task_id}?examples_n=N`` -> one record
+- ``GET /v1/tasks/{task_id}/leaderboard`` -> the task's ranked models (empty board without data)
+- ``GET /healthz`` and ``GET /v1/health`` -> ``{"status", "tasks", "semantic"}``; 503 until warm
+
+Every error body is ``{"detail": "<message>"}``: 422 for invalid input (the library's messages
+are passed through), 404 naming the closest task ids, 401 for a missing or wrong API key, 413
+for a body over the limit. Client input never produces a 5xx.
+
+Several workers: ``task-matcher serve --workers N`` lets uvicorn bind the port once in a
+supervisor process and hand the listening socket to N worker processes; the kernel spreads
+connections over them. Each worker calls `app_from_env` (settings travel as ``MATCHER_*``
+environment variables, API keys only as a file path) and builds its own matcher and model, so
+memory grows with N. Point ``TASK_MATCHER_CACHE`` at one directory to share the on-disk
+embedding cache: the library writes it atomically with `os.replace`, so workers warming at the
+same time at worst compute identical files and the last rename wins; none reads a torn file.
+A worker accepts connections only after its warm-up, so the shared socket queues requests
+until some worker is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .catalog import Catalog, Task, load_catalog
+from .config import MatcherConfig
+from .engine import Matcher, SemanticOption
+from .errors import MatcherError, UnknownTaskError
+
+__all__ = [
+    "ServerSettings",
+    "app_from_env",
+    "create_app",
+    "load_api_keys",
+    "serve_in_background",
+    "serve_main",
+]
+
+HEALTH_PATHS = ("/healthz", "/v1/health")
+DEFAULT_MAX_BODY_BYTES = 64_000
+_ENV_CATALOG = "MATCHER_CATALOG"
+_ENV_CONFIG = "MATCHER_CONFIG"
+_ENV_SEMANTIC = "MATCHER_SEMANTIC"
+_ENV_KEYS = "MATCHER_API_KEYS"
+_ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
+_ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
+_SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False}
+_MAX_REPORTED_ERRORS = 5
+_log = logging.getLogger("uvicorn.error")
+
+
+class MatchRequest(BaseModel):
+    """Body of ``POST /v1/tasks/match``; types are checked here, values by the library.
+
+    `minLength`/`minimum` in the schema document what the library enforces (an empty or
+    whitespace-only query and ``top_k < 1`` are refused with its own messages).
+    """
+
+    query: StrictStr = Field(description="The job to match, in plain English.",
+                             json_schema_extra={"minLength": 1})
+    top_k: StrictInt = Field(default=5, description="How many ranked candidates to return.",
+                             json_schema_extra={"minimum": 1})
+
+    @field_validator("query")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        """A lone surrogate cannot be echoed back as UTF-8 JSON, so it is refused up front."""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("query must be valid Unicode text (it contains a lone surrogate)") from None
+        return value
+
+
+class _Body(BaseModel):
+    """Response documentation: unknown keys are allowed so new library fields stay valid."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CandidateBody(_Body):
+    """One ranked candidate of a match."""
+
+    task_id: str
+    score: float
+    confidence: Literal["high", "medium", "low"]
+
+
+class MatchBody(_Body):
+    """Body returned by ``POST /v1/tasks/match`` (`TaskMatch.to_dict()`)."""
+
+    query: str
+    matched: bool
+    chosen: CandidateBody | None
+    candidates: list[CandidateBody]
+    ambiguous: bool
+    matcher: str
+
+
+class TaskBody(_Body):
+    """A task record (`Task.to_dict()`); `examples` only when requested."""
+
+    id: str
+    kind: str
+    title: str | None
+    category: str | None
+    has_blob_input: bool
+    default_scorer: str | None
+    description: str | None
+    keywords: dict[str, float]
+    phrases: list[str]
+    examples: list[dict[str, Any]] | None = None
+
+
+class TaskListBody(_Body):
+    """Body of ``GET /v1/tasks``."""
+
+    tasks: list[TaskBody]
+
+
+class LeaderboardEntryBody(_Body):
+    """One model row of a leaderboard; cost in integer micro-USD per request."""
+
+    name: str
+    kind: Literal["open", "frontier"]
+    quality: float | None
+    cost_per_request_micro_usd: int | None
+    context_k: int | None
+    run_mode: str | None
+
+
+class LeaderboardBody(_Body):
+    """Body of ``GET /v1/tasks/{task_id}/leaderboard``; `illustrative` marks unmeasured sample data."""
+
+    task_id: str
+    metric: str
+    cost_unit: str
+    recommended: str | None
+    models: list[LeaderboardEntryBody]
+    frontier: LeaderboardEntryBody | None
+    illustrative: bool
+    note: str | None
+
+
+class HealthBody(_Body):
+    """Body of the health routes: ``ok`` once the catalog, index and model are loaded."""
+
+    status: Literal["ok", "starting"]
+    tasks: int
+    semantic: bool
+
+
+class ErrorBody(_Body):
+    """Every error body: FastAPI-style, with a human-readable message."""
+
+    detail: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = (),
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The API over `matcher` (default: the bundled catalog, ``semantic="auto"``).
+
+    With `api_keys`, every route but health needs ``Authorization: Bearer <key>``. Bodies over
+    `max_body_bytes` get 413 before they are parsed. Start-up warms the matcher (index and model)
+    before the server accepts connections.
+    """
+    the_matcher = matcher if matcher is not None else Matcher()
+    if not isinstance(the_matcher, Matcher):
+        raise TypeError(f"matcher must be a Matcher, got {type(the_matcher).__name__}")
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+    keys = _validated_keys(api_keys)
+    catalog = the_matcher.catalog
+    readiness = threading.Event()
+    task_list = {"tasks": [task.to_dict(examples_n=0) for task in catalog.list()]}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(the_matcher.warm_up)
+        readiness.set()
+        _log.info("task-matcher ready: %d tasks, semantic=%s, api keys %s", len(catalog),
+                  the_matcher.semantic_enabled, "required" if keys else "off")
+        yield
+        readiness.clear()
+
+    app = FastAPI(title="task-matcher", version=_version(), lifespan=lifespan,
+                  description="Match plain-English job descriptions to benchmark tasks.")
+    app.add_middleware(_RequestGate, keys=keys, max_body_bytes=max_body_bytes,
+                       open_paths=frozenset(HEALTH_PATHS))
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    def health() -> JSONResponse:
+        """Readiness: 200 ``ok`` after warm-up, 503 ``starting`` before it."""
+        ready = readiness.is_set()
+        body = {"status": "ok" if ready else "starting", "tasks": len(catalog),
+                "semantic": the_matcher.semantic_enabled}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    for path in HEALTH_PATHS:
+        app.add_api_route(path, health, methods=["GET"], response_model=None, tags=["health"],
+                          summary="Readiness of this worker",
+                          responses={200: {"model": HealthBody},
+                                     503: {"model": HealthBody, "description": "Still warming up"}})
+
+    @app.post("/v1/tasks/match", response_model=None, tags=["tasks"],
+              responses={200: {"model": MatchBody}, 413: _error("Body too large"),
+                         422: _error("Invalid query or top_k")})
+    def match_tasks(request: MatchRequest) -> JSONResponse:
+        """Rank the catalog's tasks for a plain-English description of a job."""
+        try:
+            result = the_matcher.match(request.query, request.top_k)
+        except (MatcherError, ValueError, TypeError) as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return JSONResponse(result.to_dict())
+
+    @app.get("/v1/tasks", response_model=None, tags=["tasks"],
+             responses={200: {"model": TaskListBody}})
+    async def list_tasks() -> JSONResponse:
+        """Every task of the catalog, without examples."""
+        return JSONResponse(task_list)
+
+    @app.get("/v1/tasks/{task_id}", response_model=None, tags=["tasks"],
+             responses={200: {"model": TaskBody}, 404: _error("Unknown task id"),
+                        422: _error("Invalid examples_n")})
+    async def retrieve_task(
+        task_id: str,
+        examples_n: Annotated[int, Query(ge=0, description="Example items to include.")] = 0,
+    ) -> JSONResponse:
+        """One task's record with `examples_n` examples."""
+        return JSONResponse(_task(catalog, task_id).to_dict(examples_n=examples_n))
+
+    @app.get("/v1/tasks/{task_id}/leaderboard", response_model=None, tags=["tasks"],
+             responses={200: {"model": LeaderboardBody}, 404: _error("Unknown task id")})
+    async def task_leaderboard(task_id: str) -> JSONResponse:
+        """The models scored on a task, best quality first, with the recommended pick."""
+        return JSONResponse(leaderboard_body(_task(catalog, task_id)))
+
+    if keys:
+        _document_bearer_auth(app)
+    return app
+
+
+def leaderboard_body(task: Task) -> dict[str, Any]:
+    """The leaderboard response for `task`: models by quality (desc, unscored last, ties by name).
+
+    `recommended` is the curated alias when the catalog sets one, else the best-scored ``open``
+    model, else None. A task without leaderboard data gets an empty board.
+    """
+    board: Mapping[str, Any] = task.leaderboard or {}
+    models = sorted((dict(m) for m in board.get("models", ())), key=_rank_key)
+    recommended = board.get("recommended")
+    if recommended is None:
+        scored_open = [m for m in models if m["kind"] == "open" and m.get("quality") is not None]
+        recommended = scored_open[0]["name"] if scored_open else None
+    frontier = board.get("frontier")
+    return {
+        "task_id": task.id,
+        "metric": board.get("metric", "quality"),
+        "cost_unit": board.get("cost_unit", "per_request"),
+        "recommended": recommended,
+        "models": models,
+        "frontier": None if frontier is None else dict(frontier),
+        "illustrative": bool(board.get("illustrative", False)),
+        "note": board.get("note"),
+    }
+
+
+def _rank_key(model: Mapping[str, Any]) -> tuple[bool, float, str]:
+    quality = model.get("quality")
+    return (quality is None, -float(quality or 0.0), str(model["name"]))
+
+
+def _task(catalog: Catalog, task_id: str) -> Task:
+    try:
+        return catalog.get(task_id)
+    except UnknownTaskError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 with one readable sentence per problem instead of FastAPI's list of error objects."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": describe_validation_errors(errors)}, status_code=422)
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> str:
+    """``"body field 'top_k': Input should be a valid integer"``-style text for pydantic errors."""
+    parts: list[str] = []
+    for error in errors[:_MAX_REPORTED_ERRORS]:
+        loc = [str(part) for part in error.get("loc", ())]
+        message = str(error.get("msg", "invalid value"))
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "decode error")
+            parts.append(f"request body is not valid JSON: {reason}")
+        elif loc == ["body"]:
+            parts.append(f"request body: {message}")
+        elif loc and loc[0] == "body":
+            parts.append(f"body field '{'.'.join(loc[1:])}': {message}")
+        elif len(loc) == 2 and loc[0] in ("query", "path", "header"):
+            parts.append(f"{loc[0]} parameter '{loc[1]}': {message}")
+        else:
+            parts.append(f"{'.'.join(loc) or 'request'}: {message}")
+    if len(errors) > _MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - _MAX_REPORTED_ERRORS} more problems")
+    return "; ".join(parts) or "invalid request"
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Declare the bearer scheme in the OpenAPI document: required everywhere but health."""
+    schema = app.openapi()
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key of this server."}
+    }
+    schema["security"] = [{"bearerAuth": []}]
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            if path in HEALTH_PATHS:
+                operation["security"] = []
+            else:
+                operation.setdefault("responses", {})["401"] = {
+                    "description": "Missing or invalid API key",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                }
+    components = schema["components"].setdefault("schemas", {})
+    components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+
+
+def _validated_keys(api_keys: Collection[str]) -> tuple[bytes, ...]:
+    if isinstance(api_keys, str):
+        raise TypeError("api_keys must be a collection of keys, not a single str")
+    keys: list[bytes] = []
+    for position, key in enumerate(api_keys, start=1):
+        if not isinstance(key, str) or not key or not key.isascii() or not key.isprintable() \
+                or any(ch.isspace() for ch in key):
+            raise ValueError(f"API key #{position} must be a non-empty printable ASCII string "
+                             "without spaces")
+        keys.append(key.encode("ascii"))
+    return tuple(keys)
+
+
+class _RequestGate:
+    """Pure ASGI layer in front of the app: the API-key check, then the body-size limit.
+
+    The body is read here, counted as it streams in, and replayed to the app, so an oversized
+    body is refused (413) as soon as the limit is crossed, or at once from its Content-Length,
+    and is never parsed. Unauthenticated requests are refused before their body is read.
+    """
+
+    def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...], max_body_bytes: int,
+                 open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"][::-1])  # the first of repeated headers wins
+        if self.keys and scope["path"] not in self.open_paths:
+            problem = self._auth_problem(headers.get(b"authorization"))
+            if problem is not None:
+                await _reject(scope, receive, send, 401, problem,
+                              {"WWW-Authenticate": 'Bearer realm="task-matcher"'})
+                return
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _reject(scope, receive, send, 400, "Content-Length must be a non-negative integer")
+                return
+            if int(declared) > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    def _auth_problem(self, header: bytes | None) -> str | None:
+        """Why the request is not authenticated, or None; compares against every key in constant time."""
+        if header is None:
+            return "missing API key: send the header 'Authorization: Bearer <key>'"
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            return "malformed Authorization header: expected 'Bearer <key>'"
+        token = token.strip()
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(token, key)
+        return None if matched else "invalid API key"
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _reject(scope, receive, send, 413,
+                      f"request body is larger than the limit of {self.max_body_bytes:,} bytes",
+                      {"Connection": "close"})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields the buffered body once, then defers to the server's (disconnect)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _reject(scope: Scope, receive: Receive, send: Send, status: int, detail: str,
+                  headers: Mapping[str, str] | None = None) -> None:
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("task-matcher")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def load_api_keys(env_value: str | None = None, keys_file: str | Path | None = None) -> tuple[str, ...]:
+    """Keys from a comma-separated string and/or a file with one key per line (blank and ``#`` lines skipped).
+
+    A file that holds no key is an error: it would silently switch authentication off.
+    """
+    keys = [part.strip() for part in (env_value or "").split(",") if part.strip()]
+    if keys_file is not None:
+        path = Path(keys_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read API keys file {path}: {exc.__class__.__name__}") from None
+        from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not from_file:
+            raise ValueError(f"API keys file {path} holds no keys (one key per line)")
+        keys.extend(from_file)
+    return tuple(dict.fromkeys(keys))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What a server process needs to build its app; read from ``MATCHER_*`` variables by workers."""
+
+    catalog: Path | None = None
+    config: Path | None = None
+    semantic: str = "auto"
+    api_keys_file: Path | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_SEMANTIC``,
+        ``MATCHER_API_KEYS_FILE`` and ``MATCHER_MAX_BODY_BYTES`` (unset: defaults)."""
+        env = os.environ if environ is None else environ
+        raw_limit = env.get(_ENV_MAX_BODY) or str(DEFAULT_MAX_BODY_BYTES)
+        if not raw_limit.isdigit() or int(raw_limit) < 1:
+            raise ValueError(f"{_ENV_MAX_BODY} must be a positive integer, got {raw_limit!r}")
+        semantic = env.get(_ENV_SEMANTIC) or "auto"
+        if semantic not in _SEMANTIC_CHOICES:
+            raise ValueError(f"{_ENV_SEMANTIC} must be one of auto, on, off; got {semantic!r}")
+        return cls(
+            catalog=_optional_path(env.get(_ENV_CATALOG)),
+            config=_optional_path(env.get(_ENV_CONFIG)),
+            semantic=semantic,
+            api_keys_file=_optional_path(env.get(_ENV_KEYS_FILE)),
+            max_body_bytes=int(raw_limit),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables `from_env` reads back (a key file's path, never the keys themselves)."""
+        env = {_ENV_SEMANTIC: self.semantic, _ENV_MAX_BODY: str(self.max_body_bytes)}
+        for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
+                            (_ENV_KEYS_FILE, self.api_keys_file)):
+            if value is not None:
+                env[name] = str(value.resolve())
+        return env
+
+    def build_matcher(self) -> Matcher:
+        """The matcher these settings describe (catalog and config are loaded and validated now)."""
+        catalog = load_catalog(self.catalog) if self.catalog is not None else None
+        config = MatcherConfig.load(self.config) if self.config is not None else None
+        return Matcher(catalog, semantic=_SEMANTIC_CHOICES[self.semantic], config=config)
+
+    def build_app(self, environ: Mapping[str, str] | None = None) -> FastAPI:
+        """The app: keys from ``MATCHER_API_KEYS`` in `environ` plus those in `api_keys_file`."""
+        env = os.environ if environ is None else environ
+        keys = load_api_keys(env.get(_ENV_KEYS), self.api_keys_file)
+        return create_app(self.build_matcher(), api_keys=keys, max_body_bytes=self.max_body_bytes)
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``matcher.server:app_from_env``): each worker builds its own app from env."""
+    return ServerSettings.from_env().build_app()
+
+
+@contextmanager
+def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
+                        startup_timeout: float = 300.0) -> Iterator[str]:
+    """Run `app` under uvicorn on a daemon thread; yields its base URL once start-up has finished.
+
+    For tests, notebooks and embedding: the socket is bound first (port 0 picks a free one), and
+    the URL is handed out only after the lifespan start-up (warm-up) completed.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name="task-matcher-server")
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server stopped during start-up (see the log)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not start within {startup_timeout:g} s")
+            time.sleep(0.01)
+        bound_host, bound_port = sock.getsockname()[:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="task-matcher serve",
+        description="Serve the task-matcher HTTP API (POST /v1/tasks/match and the catalog routes).",
+        epilog="With --workers N, uvicorn binds the port once and N worker processes share it, each "
+               "with its own matcher; set TASK_MATCHER_CACHE to one directory so they share the "
+               "embedding cache. API keys come from MATCHER_API_KEYS (comma-separated) and/or "
+               "--api-keys-file; without any, the API is open.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--catalog", type=Path, help="a catalog file or directory (default: bundled)")
+    parser.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
+    parser.add_argument("--semantic", choices=tuple(_SEMANTIC_CHOICES), default="auto",
+                        help="embedding backstop: auto (if installed), on (required) or off")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--api-keys-file", type=Path,
+                        help="file with one API key per line; keys then guard every route but health")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help=f"largest accepted request body (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"),
+                        help="uvicorn log level (default info)")
+    return parser
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`task-matcher serve`: check the settings, run uvicorn until interrupted; returns the exit status."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.max_body_bytes < 1:
+            raise ValueError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
+        settings = ServerSettings(catalog=args.catalog, config=args.config, semantic=args.semantic,
+                                  api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes)
+        app = settings.build_app()  # fails fast on a bad catalog, config or keys file
+    except (MatcherError, ValueError, TypeError, ImportError) as exc:
+        print(f"task-matcher serve: error: {exc}", file=sys.stderr)
+        return 2
+    common: dict[str, Any] = {"host": args.host, "port": args.port, "lifespan": "on",
+                              "log_level": args.log_level}
+    if args.workers == 1:
+        uvicorn.run(app, **common)
+    else:
+        os.environ.update(settings.to_env())  # the worker processes inherit these
+        uvicorn.run("matcher.server:app_from_env", factory=True, workers=args.workers, **common)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main())

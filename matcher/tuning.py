@@ -1,0 +1,332 @@
+"""Offline tuning: fit weights, calibration and thresholds of a `MatcherConfig` from labelled queries.
+
+Everything is a deterministic grid or coordinate search over precomputed similarity matrices,
+so the same catalog and labelled data always give the same config. Calibration curves are
+Platt fits (scikit-learn's logistic regression) of "the top candidate is right" on the raw score.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from .calibration import calibrate
+from .catalog import Catalog
+from .config import FieldWeights, MatcherConfig
+from .engine import Matcher, SemanticOption
+from .errors import UnknownTaskError
+from .keyword import SIGNALS
+from .text import normalize
+
+__all__ = ["tune"]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+T = TypeVar("T")
+
+_WEIGHT_VALUES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+_FUSION_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
+_CENTROID_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
+_THRESHOLDS = tuple(round(0.3 + 0.025 * i, 3) for i in range(27))
+_MARGINS = tuple(round(0.025 * i, 3) for i in range(13))
+_MEDIUM_PRECISION = 0.5
+_MIN_IN_SCOPE = 10
+
+
+@dataclass(frozen=True)
+class _Path:
+    """Calibrated scores of every query on one path, reduced to what the decisions need."""
+
+    first: npt.NDArray[np.int64]
+    top: FloatArray
+    second: FloatArray
+    correct: BoolArray
+    unsupported: FloatArray
+    task_leads: BoolArray
+
+
+def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
+         semantic: SemanticOption = "auto", base: MatcherConfig | None = None,
+         target_precision: float = 0.97, progress: bool = False) -> MatcherConfig:
+    """Fit a `MatcherConfig` to `labelled` (text, task id or None for out-of-scope) pairs.
+
+    Fits signal weights (top-1 accuracy), the keyword and semantic calibration curves, the
+    fusion weight and the embedding aggregation, then picks the fallback threshold, the
+    ``high`` threshold and margin that answer the most queries correctly while ``high`` stays
+    right at least `target_precision` of the time, and the ``medium`` threshold. The returned
+    config's `tuning` holds precision and recall at that operating point, per task too.
+    """
+    base = base if base is not None else MatcherConfig()
+    pairs = [(text, label) for text, label in labelled]
+    for _, label in pairs:
+        if label is not None and label not in catalog:
+            raise UnknownTaskError(label, catalog.suggest(label))
+    if sum(label is not None for _, label in pairs) < _MIN_IN_SCOPE:
+        raise ValueError(f"tune needs at least {_MIN_IN_SCOPE} in-scope labelled queries")
+    if not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+
+    matcher = Matcher(catalog, semantic=semantic, config=base)
+    profiles = catalog.profiles()
+    position = {p.id: i for i, p in enumerate(profiles)}
+    is_task = np.array([p.kind == "task" for p in profiles])
+    labels = np.array([position[label] if label is not None else -1 for _, label in pairs])
+    in_scope = labels >= 0
+    texts = [normalize(text) for text, _ in pairs]
+
+    index = matcher._keyword_index()
+    signals = {name: np.zeros((len(pairs), len(profiles))) for name in SIGNALS}
+    coverage = np.zeros(len(pairs))
+    for row, text in enumerate(_progress(texts, progress, "keyword signals")):
+        repaired = index.repair(text)[0]
+        coverage[row] = index.coverage(repaired)
+        for name, values in index.components(text).items():
+            signals[name][row] = values
+
+    weights = _fit_weights(signals, base.field_weights, labels, is_task)
+    keyword_raw = _combine(signals, weights)
+    k_slope, k_intercept, k_coverage = _platt(
+        keyword_raw, coverage, labels, is_task,
+        (base.keyword_slope, base.keyword_intercept, base.keyword_coverage))
+    config = replace(base, field_weights=weights, keyword_slope=k_slope,
+                     keyword_intercept=k_intercept, keyword_coverage=k_coverage, tuning=None)
+    keyword_scores = calibrate(keyword_raw, slope=k_slope, intercept=k_intercept,
+                               decimals=base.score_decimals, offset=(k_coverage * coverage)[:, None])
+    keyword_path = _reduce(keyword_scores, labels, is_task)
+
+    semantic_path: _Path | None = None
+    semantic_index = matcher._semantic_index()
+    if semantic_index is not None:
+        vectors = semantic_index.encode(list(_progress(texts, progress, "embeddings")))
+        centroid, best = semantic_index.components(vectors)
+        centroid_weight, fusion = _fit_fusion(semantic_index.mix, centroid, best, keyword_raw,
+                                              labels, is_task)
+        fused = fusion * keyword_raw + (1.0 - fusion) * np.round(
+            semantic_index.mix(centroid, best, centroid_weight), 6)
+        s_slope, s_intercept, s_coverage = _platt(
+            fused, coverage, labels, is_task,
+            (base.semantic_slope, base.semantic_intercept, base.semantic_coverage))
+        config = replace(config, semantic_fusion=fusion, semantic_centroid_weight=centroid_weight,
+                         semantic_slope=s_slope, semantic_intercept=s_intercept,
+                         semantic_coverage=s_coverage)
+        semantic_scores = calibrate(fused, slope=s_slope, intercept=s_intercept,
+                                    decimals=base.score_decimals, offset=(s_coverage * coverage)[:, None])
+        semantic_path = _reduce(semantic_scores, labels, is_task)
+
+    config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision)
+    report = _report(config, keyword_path, semantic_path, labels, profiles_ids=[p.id for p in profiles])
+    report.update({
+        "target_precision": target_precision,
+        "queries": len(pairs),
+        "in_scope": int(in_scope.sum()),
+        "out_of_scope": int((~in_scope).sum()),
+        "catalog_fingerprint": catalog.fingerprint,
+        "semantic_model": None if semantic_index is None else matcher._embedder.model_id  # type: ignore[union-attr]
+    })
+    return replace(config, tuning=report)
+
+
+def _progress(items: list[T], enabled: bool, label: str) -> Iterator[T]:
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            yield from tqdm(items, desc=label, unit="query")
+            return
+    yield from items
+
+
+def _combine(signals: dict[str, FloatArray], weights: FieldWeights) -> FloatArray:
+    w = weights.as_dict()
+    total = sum(w.values())
+    raw = sum(w[name] * signals[name] for name in SIGNALS) / total
+    return np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
+
+
+def _ranking_quality(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[float, float]:
+    """(top-1 accuracy, mean reciprocal rank) over in-scope queries, tasks only, ties by index."""
+    scores = np.round(np.where(is_task, raw, -1.0), 6)
+    rows = np.flatnonzero(labels >= 0)
+    if not len(rows):
+        return 0.0, 0.0
+    truth = scores[rows, labels[rows]][:, None]
+    above = (scores[rows] > truth).sum(axis=1)
+    tied_before = ((scores[rows] == truth) & (np.arange(scores.shape[1]) < labels[rows][:, None])).sum(axis=1)
+    rank = above + tied_before
+    return float(np.mean(rank == 0)), float(np.mean(1.0 / (rank + 1)))
+
+
+def _fit_weights(signals: dict[str, FloatArray], start: FieldWeights, labels: IntArray,
+                 is_task: BoolArray) -> FieldWeights:
+    """Coordinate ascent over signal weights on top-1 accuracy (then MRR); strict gains only."""
+    current = start
+    best = _ranking_quality(_combine(signals, current), labels, is_task)
+    for _ in range(4):
+        improved = False
+        for name in SIGNALS:
+            for value in _WEIGHT_VALUES:
+                candidate = replace(current, **{name: value})
+                if sum(candidate.as_dict().values()) <= 0:
+                    continue
+                quality = _ranking_quality(_combine(signals, candidate), labels, is_task)
+                if quality > best:
+                    best, current, improved = quality, candidate, True
+        if not improved:
+            break
+    return current
+
+
+def _fit_fusion(mix: Any, centroid: FloatArray, best: FloatArray, keyword_raw: FloatArray,
+                labels: IntArray, is_task: BoolArray) -> tuple[float, float]:
+    """Embedding aggregation and keyword/embedding fusion weight with the best ranking."""
+    choice, top = (0.5, 0.5), (-1.0, -1.0)
+    for centroid_weight in _CENTROID_VALUES:
+        similarity = np.round(mix(centroid, best, centroid_weight), 6)
+        for fusion in _FUSION_VALUES:
+            quality = _ranking_quality(fusion * keyword_raw + (1 - fusion) * similarity, labels, is_task)
+            if quality > top:
+                top, choice = quality, (centroid_weight, fusion)
+    return choice
+
+
+def _top_task(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[FloatArray, BoolArray]:
+    scores = np.where(is_task, raw, -1.0)
+    top = np.argmax(scores, axis=1)
+    return raw[np.arange(len(raw)), top], top == labels
+
+
+def _platt(raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
+           fallback: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Logistic fit of P(top candidate right | its raw score, query coverage).
+
+    Returns (slope, intercept, coverage weight); keeps `fallback` if the fit is degenerate.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    top, correct = _top_task(raw, labels, is_task)
+    if correct.all() or not correct.any():
+        return fallback
+    model = LogisticRegression(C=100.0, solver="lbfgs", max_iter=1000)
+    model.fit(np.column_stack([top, coverage]), correct.astype(int))
+    slope, coverage_weight = (float(c) for c in model.coef_[0])
+    intercept = float(model.intercept_[0])
+    if not all(math.isfinite(v) for v in (slope, coverage_weight, intercept)) or slope <= 0:
+        return fallback
+    return round(slope, 4), round(intercept, 4), round(coverage_weight, 4)
+
+
+def _reduce(scores: FloatArray, labels: IntArray, is_task: BoolArray) -> _Path:
+    tasks = np.where(is_task, scores, -1.0)
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -tasks), axis=1)
+    first, second = order[:, 0], order[:, 1] if scores.shape[1] > 1 else order[:, 0]
+    rows = np.arange(len(scores))
+    top = tasks[rows, first]
+    runner = tasks[rows, second] if scores.shape[1] > 1 else np.zeros(len(scores))
+    unsupported = (np.where(~is_task, scores, -1.0).max(axis=1) if (~is_task).any()
+                   else np.full(len(scores), -1.0))
+    return _Path(first=first, top=top, second=np.maximum(runner, 0.0), correct=first == labels,
+                 unsupported=unsupported, task_leads=top >= unsupported)
+
+
+@dataclass(frozen=True)
+class _Decisions:
+    predicted: npt.NDArray[np.int64]
+    matched: BoolArray
+    correct: BoolArray
+    top: FloatArray
+    out_of_scope: BoolArray
+    semantic: BoolArray
+
+
+def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None) -> _Decisions:
+    """What the engine's cascade answers for every query under `config` (vectorized)."""
+    h, m, medium = config.high_threshold, config.high_margin, config.medium_threshold
+    lead_kw = np.round(keyword.top - keyword.second, config.score_decimals)
+    use_keyword = (keyword.task_leads & (keyword.top > keyword.unsupported)
+                   & (keyword.top >= config.fallback_threshold) & (lead_kw >= m))
+    if semantic is None:
+        use_keyword = np.ones_like(use_keyword)
+        semantic = keyword
+    top = np.where(use_keyword, keyword.top, semantic.top)
+    second = np.where(use_keyword, keyword.second, semantic.second)
+    unsupported = np.where(use_keyword, keyword.unsupported, semantic.unsupported)
+    correct = np.where(use_keyword, keyword.correct, semantic.correct)
+    out_of_scope = (unsupported >= medium) & (unsupported > top)
+    lead = np.round(top - second, config.score_decimals)
+    matched = ~out_of_scope & (top >= h) & (lead >= m)
+    predicted = np.where(use_keyword, keyword.first, semantic.first)
+    return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
+
+
+def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
+                    in_scope: BoolArray, target: float) -> MatcherConfig:
+    """Pick (fallback, high, margin) answering most queries right at `target` precision, then medium.
+
+    ``medium`` extends down while unmatched answers scoring in each 0.1-wide band below it are
+    still right at least half of the time.
+    """
+    best_key: tuple[float, ...] | None = None
+    chosen = config
+    fallbacks = (*_THRESHOLDS, 1.0) if semantic is not None else (config.fallback_threshold,)
+    for high, margin in itertools.product(_THRESHOLDS, _MARGINS):
+        for fallback in (f for f in fallbacks if f >= high):
+            candidate = replace(config, high_threshold=high, high_margin=margin,
+                                ambiguity_margin=margin, fallback_threshold=fallback,
+                                medium_threshold=min(config.medium_threshold, high))
+            d = _decide(candidate, keyword, semantic)
+            answered = int(d.matched.sum())
+            right = int((d.matched & d.correct & in_scope).sum())
+            precision = right / answered if answered else 0.0
+            meets = precision >= target
+            key = (float(meets), right if meets else precision, high, margin, fallback)
+            if best_key is None or key > best_key:
+                best_key, chosen = key, candidate
+    d = _decide(chosen, keyword, semantic)
+    medium = chosen.high_threshold
+    band_width = 0.1
+    for threshold in sorted({*_THRESHOLDS, *(round(0.05 * i, 2) for i in range(1, 6))}, reverse=True):
+        if threshold > chosen.high_threshold:
+            continue
+        band = ~d.matched & ~d.out_of_scope & (d.top >= threshold) & (d.top < threshold + band_width)
+        if band.any() and (d.correct & in_scope)[band].mean() < _MEDIUM_PRECISION:
+            break
+        medium = threshold
+    return replace(chosen, medium_threshold=medium)
+
+
+def _report(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
+            labels: IntArray, profiles_ids: list[str]) -> dict[str, Any]:
+    """Precision and recall of ``high`` answers at the chosen operating point, overall and per task."""
+    d = _decide(config, keyword, semantic)
+    in_scope = labels >= 0
+    right = d.matched & d.correct & in_scope
+    answered = int(d.matched.sum())
+    per_task: dict[str, dict[str, float | int | None]] = {}
+    for task_position in sorted(set(labels[in_scope].tolist()) | set(d.predicted[d.matched].tolist())):
+        support = int((labels == task_position).sum())
+        claimed = int((d.matched & (d.predicted == task_position)).sum())
+        hits = int((right & (labels == task_position)).sum())
+        per_task[profiles_ids[task_position]] = {
+            "support": support,
+            "matched": claimed,
+            "precision": round(hits / claimed, 4) if claimed else None,
+            "recall": round(hits / support, 4) if support else None,
+        }
+    return {
+        "precision_high": round(int(right.sum()) / answered, 4) if answered else None,
+        "recall_high": round(int(right.sum()) / max(1, int(in_scope.sum())), 4),
+        "out_of_scope_recall": (round(float((~d.matched[~in_scope]).mean()), 4)
+                                if (~in_scope).any() else None),
+        "top1_accuracy": round(float(d.correct[in_scope].mean()), 4),
+        "semantic_share": round(float(d.semantic.mean()), 4),
+        "per_task": per_task,
+    }
