@@ -18,7 +18,7 @@ from .results import CandidateExplanation, TaskMatch
 
 __all__ = ["main"]
 
-_COMMANDS = ("match", "list", "show")
+_COMMANDS = ("match", "list", "show", "tune", "serve")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the catalog's tasks")
     _catalog_options(ls)
     ls.add_argument("--json", action="store_true", help="print the tasks as JSON")
+    tune = sub.add_parser("tune", help="fit a MatcherConfig to labelled queries")
+    tune.add_argument("labelled", type=Path, help='JSON lines of {"text": ..., "task_id": id or null}')
+    tune.add_argument("--out", type=Path, required=True, help="where to write the config JSON")
+    tune.add_argument("--semantic", choices=("auto", "on", "off"), default="auto",
+                      help="tune the semantic cascade (on) or the keyword path alone (off)")
+    tune.add_argument("--target-precision", type=float, default=0.97,
+                      help="share of high answers that must be right on the labelled data")
+    _catalog_options(tune)
+    sub.add_parser("serve", help="run the HTTP API (see task-matcher serve --help)", add_help=False)
     show = sub.add_parser("show", help="show one task's record")
     show.add_argument("task_id")
     show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
@@ -117,6 +126,17 @@ def _run(args: argparse.Namespace) -> int:
         task = _catalog(args).get(args.task_id)
         print(json.dumps(task.to_dict(examples_n=args.examples), indent=2, ensure_ascii=False))
         return 0
+    if args.command == "tune":
+        from .tuning import load_labelled, tune
+
+        tuned = tune(_catalog(args), load_labelled(args.labelled),
+                     semantic=_semantic_option(args.semantic),
+                     target_precision=args.target_precision, progress=True)
+        tuned.save(args.out)
+        report = dict(tuned.tuning or {})
+        report.pop("per_task", None)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     config = MatcherConfig.load(args.config) if args.config else None
@@ -137,6 +157,10 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `task-matcher` and `python -m matcher`; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        from .server import serve_main
+
+        return serve_main(arguments[1:])
     if arguments and arguments[0] not in _COMMANDS and arguments[0] not in ("-h", "--help"):
         arguments.insert(0, "match")
     args = _parser().parse_args(arguments)

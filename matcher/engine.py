@@ -70,8 +70,8 @@ class Matcher:
         if config is not None and not isinstance(config, MatcherConfig):
             raise TypeError(f"config must be a MatcherConfig, got {type(config).__name__}")
         self.catalog = catalog
-        self.config = config if config is not None else default_config()
         self._embedder = _resolve_embedder(semantic)
+        self.config = config if config is not None else default_config(semantic=self._embedder is not None)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._profiles = catalog.profiles()
         self._is_task = np.array([p.kind == "task" for p in self._profiles])
@@ -285,22 +285,25 @@ def _resolve_embedder(semantic: SemanticOption) -> Embedder | None:
     raise TypeError(f"semantic must be True, False, 'auto' or an Embedder, got {semantic!r}")
 
 
-_DEFAULT_CONFIG: MatcherConfig | None = None
+_DEFAULT_CONFIGS: dict[bool, MatcherConfig] = {}
 _DEFAULT_MATCHER: Matcher | None = None
 _DEFAULT_LOCK = threading.Lock()
+_SHIPPED_CONFIGS = {True: "default-config.json", False: "default-config-keyword.json"}
 
 
-def default_config() -> MatcherConfig:
-    """The tuned configuration shipped with the default catalog (built-in defaults if absent)."""
-    global _DEFAULT_CONFIG
-    if _DEFAULT_CONFIG is None:
-        shipped = resources.files("matcher") / "data" / "default-config.json"
+def default_config(*, semantic: bool = True) -> MatcherConfig:
+    """The config tuned for the default catalog: for the semantic cascade, or keyword-only.
+
+    Produced by `task-matcher tune` (see the README); built-in defaults if the file is absent.
+    """
+    if semantic not in _DEFAULT_CONFIGS:
+        shipped = resources.files("matcher") / "data" / _SHIPPED_CONFIGS[bool(semantic)]
         if shipped.is_file():
             with resources.as_file(shipped) as path:
-                _DEFAULT_CONFIG = MatcherConfig.load(path)
+                _DEFAULT_CONFIGS[bool(semantic)] = MatcherConfig.load(path)
         else:
-            _DEFAULT_CONFIG = MatcherConfig()
-    return _DEFAULT_CONFIG
+            _DEFAULT_CONFIGS[bool(semantic)] = MatcherConfig()
+    return _DEFAULT_CONFIGS[bool(semantic)]
 
 
 def _default_matcher() -> Matcher:

@@ -238,7 +238,7 @@ class KeywordIndex:
         w = self._weights.as_dict()
         total = sum(w.values())
         matches = []
-        for name in _FIELDS:
+        for name in (f for f in _FIELDS if w[f] > 0):
             row = self._field_matrices[name].getrow(position)
             weights = dict(zip(row.indices.tolist(), row.data.tolist(), strict=False))
             terms = tuple(sorted(
@@ -251,7 +251,7 @@ class KeywordIndex:
                                           w[name], terms))
         for name in ("best_phrase", "char_ngrams"):
             value = float(components[name][position])
-            if value > 0:
+            if value > 0 and w[name] > 0:
                 matches.append(FieldMatch(name, round(value, 4), w[name], ()))
         best_phrase = None
         if self._has_phrases[position] and len(idx):

@@ -51,6 +51,8 @@ class TaskMatch:
     `type` is ``"task"`` (a task matched), ``"capability"`` (a general lane fits),
     ``"unsupported"`` (recognizably outside the catalog) or ``"none"`` (nothing confident);
     `confidence` is the tier of that outcome and `reasoning` says why in plain sentences.
+    `ambiguous` describes the query, not the page: it compares the two best tasks of the
+    catalog even when `top_k` is 1, so it never changes with `top_k`.
     """
 
     query: str

@@ -8,9 +8,11 @@ Platt fits (scikit-learn's logistic regression) of "the top candidate is right" 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,7 +26,7 @@ from .errors import UnknownTaskError
 from .keyword import SIGNALS
 from .text import normalize
 
-__all__ = ["tune"]
+__all__ = ["load_labelled", "tune"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -34,7 +36,7 @@ T = TypeVar("T")
 _WEIGHT_VALUES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 _FUSION_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 _CENTROID_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
-_THRESHOLDS = tuple(round(0.3 + 0.025 * i, 3) for i in range(27))
+_THRESHOLDS = (*(round(0.3 + 0.025 * i, 3) for i in range(28)), 0.99)
 _MARGINS = tuple(round(0.025 * i, 3) for i in range(13))
 _MEDIUM_PRECISION = 0.5
 _MIN_IN_SCOPE = 10
@@ -131,6 +133,25 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
         "semantic_model": None if semantic_index is None else matcher._embedder.model_id  # type: ignore[union-attr]
     })
     return replace(config, tuning=report)
+
+
+def load_labelled(path: str | Path) -> list[tuple[str, str | None]]:
+    """Read labelled queries from JSON lines: {"text": ..., "task_id": id or null} per line."""
+    pairs: list[tuple[str, str | None]] = []
+    source = Path(path)
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, label = row["text"], row.get("task_id")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{source}:{number}: expected {{\"text\": ..., \"task_id\": ...}}: {exc}") from None
+        if not isinstance(text, str) or not (label is None or isinstance(label, str)):
+            raise ValueError(f"{source}:{number}: text must be a string and task_id a string or null")
+        pairs.append((text, label))
+    return pairs
 
 
 def _progress(items: list[T], enabled: bool, label: str) -> Iterator[T]:
@@ -267,9 +288,24 @@ def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None) -> _D
     return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
 
 
+def _precision_lower_bound(right: int, answered: int, z: float = 1.0) -> float:
+    """Wilson score lower bound of precision: a target met by it tends to hold on unseen queries."""
+    if answered == 0:
+        return 0.0
+    p = right / answered
+    denominator = 1 + z * z / answered
+    centre = p + z * z / (2 * answered)
+    spread = z * math.sqrt(p * (1 - p) / answered + z * z / (4 * answered * answered))
+    return (centre - spread) / denominator
+
+
 def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
                     in_scope: BoolArray, target: float) -> MatcherConfig:
     """Pick (fallback, high, margin) answering most queries right at `target` precision, then medium.
+
+    Precision is judged by its one-sigma Wilson lower bound, so a target reached on the tuning
+    queries is not an artefact of a few lucky answers; if no setting reaches it, the most
+    precise one wins.
 
     ``medium`` extends down while unmatched answers scoring in each 0.1-wide band below it are
     still right at least half of the time.
@@ -285,7 +321,7 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
             d = _decide(candidate, keyword, semantic)
             answered = int(d.matched.sum())
             right = int((d.matched & d.correct & in_scope).sum())
-            precision = right / answered if answered else 0.0
+            precision = _precision_lower_bound(right, answered)
             meets = precision >= target
             key = (float(meets), right if meets else precision, high, margin, fallback)
             if best_key is None or key > best_key:

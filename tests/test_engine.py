@@ -1,0 +1,225 @@
+"""The matcher's contract: result shape, input validation, ranking rules, out-of-scope, explain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import matcher
+from matcher import Matcher, MatcherConfig, QueryError, TaskMatch
+
+from .conftest import REPO
+
+
+def test_contract_example_matches_with_high_confidence(default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("extract key fields from contracts")
+    assert result.matched
+    assert result.chosen is not None
+    assert result.chosen.task_id == "contract-key-fields"
+    assert result.chosen == result.candidates[0]
+    assert result.chosen.confidence == "high"
+    assert result.type == "task"
+    assert result.matcher == "keyword"
+
+
+def test_module_level_match_uses_the_default_catalog() -> None:
+    result = matcher.match("pull line items and totals out of vendor invoices", top_k=3)
+    assert result.candidates[0].task_id == "invoice-extraction"
+    assert len(result.candidates) == 3
+
+
+def test_to_dict_is_the_api_body(default_keyword_matcher: Matcher) -> None:
+    body = default_keyword_matcher.match("classify support tickets by urgency", top_k=2).to_dict()
+    assert list(body)[:6] == ["query", "matched", "chosen", "candidates", "ambiguous", "matcher"]
+    assert body["query"] == "classify support tickets by urgency"
+    assert set(body["candidates"][0]) == {"task_id", "score", "confidence"}
+    assert json.loads(json.dumps(body)) == body
+    assert body["type"] in {"task", "capability", "unsupported", "none"}
+    assert body["confidence"] in {"high", "medium", "low"}
+    assert isinstance(body["reasoning"], str) and body["reasoning"]
+
+
+def test_results_are_immutable(default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("receipt scanning")
+    with pytest.raises(AttributeError):
+        result.matched = False  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        result.candidates[0].score = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\n\t ", "\u200b\u200b", "\x00\x01"])
+def test_empty_queries_raise_value_error(default_keyword_matcher: Matcher, query: str) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        default_keyword_matcher.match(query)
+
+
+@pytest.mark.parametrize("query", [None, 42, b"invoice", ["invoice"]])
+def test_non_string_queries_raise_type_error(default_keyword_matcher: Matcher, query: object) -> None:
+    with pytest.raises(TypeError, match="query must be a str"):
+        default_keyword_matcher.match(query)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("top_k", "error"), [(0, ValueError), (-3, ValueError), (True, TypeError),
+                                              (2.0, TypeError), ("5", TypeError), (None, TypeError)])
+def test_bad_top_k_is_rejected(default_keyword_matcher: Matcher, top_k: object,
+                               error: type[Exception]) -> None:
+    with pytest.raises(error, match="top_k"):
+        default_keyword_matcher.match("invoices", top_k=top_k)  # type: ignore[arg-type]
+
+
+def test_top_k_is_clamped_to_the_catalog_size(small_matcher: Matcher) -> None:
+    result = small_matcher.match("invoice totals", top_k=50)
+    assert len(result.candidates) == 3
+    assert sorted(c.task_id for c in result.candidates) == sorted(t.id for t in small_matcher.catalog)
+
+
+def test_candidates_are_a_prefix_across_top_k(default_keyword_matcher: Matcher) -> None:
+    query = "sort scanned documents by type"
+    five = default_keyword_matcher.match(query, top_k=5).candidates
+    for k in (1, 2, 3, 4):
+        assert default_keyword_matcher.match(query, top_k=k).candidates == five[:k]
+
+
+def test_ranking_is_score_descending_then_id_ascending(small_matcher: Matcher) -> None:
+    for query in ["invoice", "zzzz unknown words", "receipts and invoices", "reviews"]:
+        keys = [(-c.score, c.task_id) for c in small_matcher.match(query).candidates]
+        assert keys == sorted(keys)
+
+
+def test_nothing_in_common_gives_no_match(default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("qwxz vbnm plkj")
+    assert not result.matched
+    assert result.chosen is None
+    assert result.type == "none"
+    assert all(c.confidence == "low" for c in result.candidates)
+    assert "None of the request's words" in result.reasoning
+
+
+def test_a_typo_still_finds_the_task(default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("invoce parsing")
+    assert result.candidates[0].task_id == "invoice-extraction"
+    explanation = default_keyword_matcher.explain("invoce parsing", top_k=1)[0]
+    assert [(c.original, c.corrected) for c in explanation.corrections] == [("invoce", "invoice")]
+    assert "'invoce' as 'invoice'" in result.reasoning
+
+
+def test_out_of_scope_profiles_block_a_match_and_are_never_candidates(
+        default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("generate a short video of my dog surfing")
+    assert result.type == "unsupported"
+    assert not result.matched
+    unsupported_ids = {p.id for p in default_keyword_matcher.catalog.profiles() if p.kind != "task"}
+    assert unsupported_ids.isdisjoint(c.task_id for c in result.candidates)
+    assert "no task in the catalog covers" in result.reasoning
+
+
+def test_capability_lane_fills_in_when_no_specific_task_fits(default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("a general assistant my whole team can chat with")
+    assert result.type == "capability"
+    assert result.capability is not None
+    assert result.capability.id == "general-chat"
+    assert result.to_dict()["capability"]["category"] == "capability"
+
+
+def test_ambiguity_flags_close_plausible_candidates(default_keyword_matcher: Matcher) -> None:
+    cfg = default_keyword_matcher.config
+    for query in ["receipt or invoice", "summarize meeting notes and action items", "invoice"]:
+        result = default_keyword_matcher.match(query)
+        top, second = result.candidates[0].score, result.candidates[1].score
+        expected = top >= cfg.medium_threshold and round(top - second, 4) < cfg.ambiguity_margin
+        assert result.ambiguous == expected
+
+
+def test_match_many_equals_one_by_one(default_keyword_matcher: Matcher) -> None:
+    queries = ["invoices", "translate to french", "asdf", "count cars in photos", "invoices"]
+    batch = default_keyword_matcher.match_many(queries, top_k=4)
+    assert [r.to_dict() for r in batch] == [default_keyword_matcher.match(q, 4).to_dict() for q in queries]
+    with pytest.raises(TypeError, match="iterable of queries"):
+        default_keyword_matcher.match_many("one string")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        default_keyword_matcher.match_many(["fine", " "])
+
+
+def test_explain_names_matched_terms_fields_and_phrase(default_keyword_matcher: Matcher) -> None:
+    explanations = default_keyword_matcher.explain("pull line items out of vendor invoices", top_k=2)
+    first = explanations[0]
+    assert first.task_id == "invoice-extraction"
+    fields = {f.field: f for f in first.fields}
+    assert "keywords" in fields
+    assert any(term == "invoic" for term, _ in fields["keywords"].terms)
+    assert all(contribution > 0 for f in first.fields for _, contribution in f.terms)
+    assert first.best_phrase is not None
+    assert json.loads(json.dumps(first.to_dict()))["task_id"] == "invoice-extraction"
+    ranked = default_keyword_matcher.match("pull line items out of vendor invoices", 2).candidates
+    assert [e.task_id for e in explanations] == [c.task_id for c in ranked]
+
+
+@pytest.mark.parametrize("query", [
+    "x",
+    "🧾🧾🧾 invoices 🧾",
+    "فواتير الموردين invoices",
+    "in\u200bvoice\u200d totals",
+    "\x1b[31minvoice\x1b[0m\x07",
+    "a" * 4000,
+    "invoice " * 500,
+    "\U0010ffff\ufffe receipts",
+])
+def test_odd_input_returns_a_valid_result_quickly(default_keyword_matcher: Matcher, query: str) -> None:
+    start = time.perf_counter()
+    result = default_keyword_matcher.match(query)
+    assert time.perf_counter() - start < 2.0
+    assert 1 <= len(result.candidates) <= 5
+    assert all(0.0 <= c.score <= 1.0 for c in result.candidates)
+
+
+def test_huge_queries_get_a_clear_error_without_work(default_keyword_matcher: Matcher) -> None:
+    start = time.perf_counter()
+    with pytest.raises(QueryError, match="limit is 4,096") as info:
+        default_keyword_matcher.match("invoice " * 131072)
+    assert isinstance(info.value, ValueError)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_zero_width_characters_do_not_change_the_ranking(default_keyword_matcher: Matcher) -> None:
+    plain = default_keyword_matcher.match("invoice totals")
+    hidden = default_keyword_matcher.match("in\u200bvoice\u200c to\u200dtals")
+    assert [c.to_dict() for c in plain.candidates] == [c.to_dict() for c in hidden.candidates]
+
+
+def test_constructor_validates_its_arguments(small_catalog: matcher.Catalog) -> None:
+    with pytest.raises(TypeError, match="catalog must be"):
+        Matcher(42, semantic=False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config must be"):
+        Matcher(small_catalog, semantic=False, config={"high_threshold": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="semantic must be"):
+        Matcher(small_catalog, semantic="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_catalog_path_is_accepted(tmp_path: object) -> None:
+    folder = REPO / "matcher" / "data" / "catalog"
+    assert len(Matcher(folder, semantic=False).catalog) == len(matcher.default_catalog())
+
+
+def test_thresholds_come_from_the_config(small_catalog: matcher.Catalog) -> None:
+    strict = Matcher(small_catalog, semantic=False, config=MatcherConfig(high_threshold=1.0))
+    lenient = Matcher(small_catalog, semantic=False,
+                      config=MatcherConfig(high_threshold=0.01, medium_threshold=0.0, high_margin=0.0))
+    assert not strict.match("invoice line items").matched
+    assert lenient.match("invoice line items").matched
+
+
+def test_import_does_not_load_torch_or_sentence_transformers() -> None:
+    code = ("import sys, matcher; matcher.match('invoices') if False else None; "
+            "print(sorted(m for m in ('torch', 'sentence_transformers', 'sklearn', 'fastapi') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_task_match_round_trips_through_json(default_keyword_matcher: Matcher) -> None:
+    result: TaskMatch = default_keyword_matcher.match("transcribe recorded sales calls")
+    assert json.loads(json.dumps(result.to_dict()))["candidates"][0]["task_id"] == "speech-to-text"
