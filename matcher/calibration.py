@@ -14,15 +14,27 @@ __all__ = ["HIGH", "LOW", "MEDIUM", "calibrate", "confidence_tiers", "is_ambiguo
 HIGH, MEDIUM, LOW = "high", "medium", "low"
 
 
-def calibrate(raw: npt.NDArray[np.float64], *, slope: float, intercept: float, decimals: int,
-              offset: float | npt.NDArray[np.float64] = 0.0) -> npt.NDArray[np.float64]:
-    """Logistic map of raw scores, rounded so that ranking never sees float noise.
+def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, decimals: int,
+              null_coverage: float = 0.0,
+              coverage: float | npt.NDArray[np.float64] = 0.0) -> npt.NDArray[np.float64]:
+    """Probability that each profile is the one the query asks for, over the whole catalog.
 
-    `offset` adds query-level evidence (such as vocabulary coverage) to the logit: it is the
-    same for every candidate of a query, so it moves confidence without changing the ranking.
+    A softmax over every profile plus a "no match" option whose utility is
+    ``null_bias + null_coverage * coverage``: ``p_i = exp(slope * raw_i) / (exp(null) +
+    sum_j exp(slope * raw_j))``. Two near-equal candidates share the probability mass instead
+    of both looking certain, scores never sum past 1, and the ranking is that of `raw`. Rows
+    of a 2-D `raw` are queries (then `coverage` has one value per row). Rounded so that
+    ranking never sees float noise.
     """
-    z = np.clip(slope * np.asarray(raw, dtype=np.float64) + intercept + offset, -60.0, 60.0)
-    return np.round(1.0 / (1.0 + np.exp(-z)), decimals)
+    values = slope * np.asarray(raw, dtype=np.float64)
+    null = null_bias + null_coverage * np.asarray(coverage, dtype=np.float64)
+    if values.ndim == 2:
+        null = np.broadcast_to(null, (values.shape[0],))[:, None]
+    peak = np.maximum(values.max(axis=-1, keepdims=True), null)
+    weights = np.exp(values - peak)
+    total = weights.sum(axis=-1, keepdims=True) + np.exp(null - peak)
+    probabilities: npt.NDArray[np.float64] = np.round(weights / total, decimals)
+    return probabilities
 
 
 def confidence_tiers(scores: Sequence[float], config: MatcherConfig, *,

@@ -37,9 +37,10 @@ class FieldWeights:
 class MatcherConfig:
     """Scoring, calibration and confidence settings.
 
-    Raw keyword and semantic scores are mapped to [0, 1] by a logistic curve
-    ``1 / (1 + exp(-(slope * raw + intercept + coverage_weight * coverage)))``, where coverage
-    is the share of the query's content words known to the catalog vocabulary. A top candidate
+    Raw keyword and semantic scores become probabilities by a softmax over the whole catalog
+    with a "no match" option (`calibration.calibrate`): ``exp(slope * raw_i)`` against
+    ``exp(null_bias + null_coverage * coverage)``, where coverage is the share of the query's
+    content words known to the catalog vocabulary. A top candidate
     is ``high`` when its score reaches `high_threshold` and leads the runner-up by `high_margin`;
     scores from
     `medium_threshold` are ``medium``; the rest ``low``. The keyword path alone decides when its
@@ -49,12 +50,12 @@ class MatcherConfig:
     """
 
     field_weights: FieldWeights = field(default_factory=FieldWeights)
-    keyword_slope: float = 12.0
-    keyword_intercept: float = -3.0
-    keyword_coverage: float = 0.0
-    semantic_slope: float = 12.0
-    semantic_intercept: float = -6.0
-    semantic_coverage: float = 0.0
+    keyword_slope: float = 15.0
+    keyword_null_bias: float = 4.0
+    keyword_null_coverage: float = 0.0
+    semantic_slope: float = 15.0
+    semantic_null_bias: float = 5.0
+    semantic_null_coverage: float = 0.0
     semantic_fusion: float = 0.5
     semantic_centroid_weight: float = 0.5
     fallback_threshold: float = 0.6
@@ -83,8 +84,8 @@ class MatcherConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
-        for name in ("keyword_intercept", "semantic_intercept", "keyword_coverage",
-                     "semantic_coverage"):
+        for name in ("keyword_null_bias", "semantic_null_bias", "keyword_null_coverage",
+                     "semantic_null_coverage"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite, got {getattr(self, name)!r}")
         weights = self.field_weights.as_dict()

@@ -137,8 +137,9 @@ class Matcher:
     def _score(self, normalized: str) -> _Scored:
         cfg = self.config
         keyword = self._keyword_index().score(normalized)
-        kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, intercept=cfg.keyword_intercept,
-                              decimals=cfg.score_decimals, offset=cfg.keyword_coverage * keyword.coverage)
+        kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
+                              null_coverage=cfg.keyword_null_coverage, coverage=keyword.coverage,
+                              decimals=cfg.score_decimals)
         if self._keyword_is_confident(kw_scores):
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
                            keyword.corrections)
@@ -148,8 +149,9 @@ class Matcher:
                            keyword.corrections)
         similarity = np.round(index.similarities(normalized), 6)
         fused = cfg.semantic_fusion * keyword.raw + (1.0 - cfg.semantic_fusion) * similarity
-        scores = calibrate(fused, slope=cfg.semantic_slope, intercept=cfg.semantic_intercept,
-                           decimals=cfg.score_decimals, offset=cfg.semantic_coverage * keyword.coverage)
+        scores = calibrate(fused, slope=cfg.semantic_slope, null_bias=cfg.semantic_null_bias,
+                           null_coverage=cfg.semantic_null_coverage, coverage=keyword.coverage,
+                           decimals=cfg.score_decimals)
         return _Scored(scores, keyword.raw, similarity, "semantic", keyword.query_text,
                        keyword.corrections)
 

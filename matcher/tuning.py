@@ -1,8 +1,8 @@
 """Offline tuning: fit weights, calibration and thresholds of a `MatcherConfig` from labelled queries.
 
 Everything is a deterministic grid or coordinate search over precomputed similarity matrices,
-so the same catalog and labelled data always give the same config. Calibration curves are
-Platt fits (scikit-learn's logistic regression) of "the top candidate is right" on the raw score.
+so the same catalog and labelled data always give the same config. Calibration is a maximum-
+likelihood fit of the catalog-wide softmax with a "no match" option (`calibration.calibrate`).
 """
 
 from __future__ import annotations
@@ -94,13 +94,13 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
 
     weights = _fit_weights(signals, base.field_weights, labels, is_task)
     keyword_raw = _combine(signals, weights)
-    k_slope, k_intercept, k_coverage = _platt(
+    k_slope, k_bias, k_coverage = _fit_calibration(
         keyword_raw, coverage, labels, is_task,
-        (base.keyword_slope, base.keyword_intercept, base.keyword_coverage))
-    config = replace(base, field_weights=weights, keyword_slope=k_slope,
-                     keyword_intercept=k_intercept, keyword_coverage=k_coverage, tuning=None)
-    keyword_scores = calibrate(keyword_raw, slope=k_slope, intercept=k_intercept,
-                               decimals=base.score_decimals, offset=(k_coverage * coverage)[:, None])
+        (base.keyword_slope, base.keyword_null_bias, base.keyword_null_coverage))
+    config = replace(base, field_weights=weights, keyword_slope=k_slope, keyword_null_bias=k_bias,
+                     keyword_null_coverage=k_coverage, tuning=None)
+    keyword_scores = calibrate(keyword_raw, slope=k_slope, null_bias=k_bias, null_coverage=k_coverage,
+                               coverage=coverage, decimals=base.score_decimals)
     keyword_path = _reduce(keyword_scores, labels, is_task)
 
     semantic_path: _Path | None = None
@@ -112,14 +112,14 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
                                               labels, is_task)
         fused = fusion * keyword_raw + (1.0 - fusion) * np.round(
             semantic_index.mix(centroid, best, centroid_weight), 6)
-        s_slope, s_intercept, s_coverage = _platt(
+        s_slope, s_bias, s_coverage = _fit_calibration(
             fused, coverage, labels, is_task,
-            (base.semantic_slope, base.semantic_intercept, base.semantic_coverage))
+            (base.semantic_slope, base.semantic_null_bias, base.semantic_null_coverage))
         config = replace(config, semantic_fusion=fusion, semantic_centroid_weight=centroid_weight,
-                         semantic_slope=s_slope, semantic_intercept=s_intercept,
-                         semantic_coverage=s_coverage)
-        semantic_scores = calibrate(fused, slope=s_slope, intercept=s_intercept,
-                                    decimals=base.score_decimals, offset=(s_coverage * coverage)[:, None])
+                         semantic_slope=s_slope, semantic_null_bias=s_bias,
+                         semantic_null_coverage=s_coverage)
+        semantic_scores = calibrate(fused, slope=s_slope, null_bias=s_bias, null_coverage=s_coverage,
+                                    coverage=coverage, decimals=base.score_decimals)
         semantic_path = _reduce(semantic_scores, labels, is_task)
 
     config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision)
@@ -225,24 +225,36 @@ def _top_task(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[Fl
     return raw[np.arange(len(raw)), top], top == labels
 
 
-def _platt(raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
-           fallback: tuple[float, float, float]) -> tuple[float, float, float]:
-    """Logistic fit of P(top candidate right | its raw score, query coverage).
+def _fit_calibration(raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
+                     start: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Maximum-likelihood (slope, null bias, null coverage weight) of the catalog-wide softmax.
 
-    Returns (slope, intercept, coverage weight); keeps `fallback` if the fit is degenerate.
+    An in-scope query's likelihood is its task's probability; an out-of-scope query's is the
+    probability of "no match" plus that of every out-of-scope profile. L-BFGS from `start` is
+    deterministic; a failed fit keeps `start`.
     """
-    from sklearn.linear_model import LogisticRegression
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
 
-    top, correct = _top_task(raw, labels, is_task)
-    if correct.all() or not correct.any():
-        return fallback
-    model = LogisticRegression(C=100.0, solver="lbfgs", max_iter=1000)
-    model.fit(np.column_stack([top, coverage]), correct.astype(int))
-    slope, coverage_weight = (float(c) for c in model.coef_[0])
-    intercept = float(model.intercept_[0])
-    if not all(math.isfinite(v) for v in (slope, coverage_weight, intercept)) or slope <= 0:
-        return fallback
-    return round(slope, 4), round(intercept, 4), round(coverage_weight, 4)
+    rows = np.arange(len(raw))
+    outside = labels < 0
+
+    def loss(params: FloatArray) -> float:
+        slope, bias, weight = (float(v) for v in params)
+        logits = slope * raw
+        null = bias + weight * coverage
+        log_total = logsumexp(np.column_stack([null, logits]), axis=1)
+        masked = np.where(~is_task, logits, -np.inf)
+        log_outside = logsumexp(np.column_stack([null, masked]), axis=1)
+        log_right = np.where(outside, log_outside, logits[rows, np.maximum(labels, 0)])
+        return float(np.mean(log_total - log_right))
+
+    result = minimize(loss, np.asarray(start, dtype=np.float64), method="L-BFGS-B",
+                      bounds=[(0.5, 200.0), (-50.0, 50.0), (-50.0, 50.0)])
+    if not result.success and not np.isfinite(result.fun):
+        return start
+    slope, bias, weight = (round(float(v), 4) for v in result.x)
+    return slope, bias, weight
 
 
 def _reduce(scores: FloatArray, labels: IntArray, is_task: BoolArray) -> _Path:
@@ -305,7 +317,8 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
 
     Precision is judged by its one-sigma Wilson lower bound, so a target reached on the tuning
     queries is not an artefact of a few lucky answers; if no setting reaches it, the most
-    precise one wins.
+    precise one wins. Ties go to the stricter threshold and margin and to the lower fallback
+    threshold, which leaves more queries to the fast keyword path.
 
     ``medium`` extends down while unmatched answers scoring in each 0.1-wide band below it are
     still right at least half of the time.
@@ -323,7 +336,7 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
             right = int((d.matched & d.correct & in_scope).sum())
             precision = _precision_lower_bound(right, answered)
             meets = precision >= target
-            key = (float(meets), right if meets else precision, high, margin, fallback)
+            key = (float(meets), right if meets else precision, high, margin, -fallback)
             if best_key is None or key > best_key:
                 best_key, chosen = key, candidate
     d = _decide(chosen, keyword, semantic)

@@ -61,3 +61,12 @@ def small_catalog() -> matcher.Catalog:
 @pytest.fixture
 def small_matcher(small_catalog: matcher.Catalog) -> matcher.Matcher:
     return matcher.Matcher(small_catalog, semantic=False)
+
+
+@pytest.fixture(scope="session")
+def default_semantic_matcher(tmp_path_factory: pytest.TempPathFactory) -> matcher.Matcher:
+    """The full cascade with the shipped MiniLM model; embeddings cached in a temporary folder."""
+    m = matcher.Matcher(matcher.default_catalog(), semantic=True,
+                        cache_dir=tmp_path_factory.mktemp("embedding-cache"))
+    m.warm_up()
+    return m

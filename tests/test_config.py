@@ -29,7 +29,7 @@ def test_round_trip_through_a_file(tmp_path: Path) -> None:
     ({"high_threshold": 1.5}, "high_threshold must be a number in [0, 1]"),
     ({"medium_threshold": 0.9, "high_threshold": 0.5}, "must not exceed"),
     ({"keyword_slope": 0.0}, "keyword_slope must be a positive"),
-    ({"semantic_intercept": float("nan")}, "semantic_intercept must be finite"),
+    ({"semantic_null_bias": float("nan")}, "semantic_null_bias must be finite"),
     ({"field_weights": FieldWeights(0, 0, 0, 0, 0, 0)}, "not all zero"),
     ({"fuzzy_cutoff": 101}, "fuzzy_cutoff"),
     ({"score_decimals": 0}, "score_decimals"),
