@@ -1,0 +1,270 @@
+"""Bounded HTTP load benchmark of `task-matcher serve` on loopback.
+
+Starts the server in a child process (``python -m matcher.server``), once keyword-only and once
+with the default semantic backstop, then for each concurrency level sends a bounded number of
+``POST /v1/tasks/match`` requests with httpx (async) and prints a markdown table: requests/s,
+p50 and p99 latency, errors. Queries come from the labelled corpus and are split by the path
+the server answers them on (``matcher == "keyword"`` or ``"semantic"``); a response on the
+other path, a non-200 status or a transport error counts as an error.
+
+The load generator shares the machine with the server, so the numbers are for the whole box.
+
+    python -m benchmarks.load                 # one worker
+    python -m benchmarks.load --workers 2     # two workers behind one port
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "corpora" / "queries" / "tune.jsonl"
+_PACKAGES = ("task-matcher", "fastapi", "starlette", "uvicorn", "httpx", "pydantic", "torch",
+             "sentence-transformers")
+_MAX_QUERIES_PER_PATH = 80
+
+
+@dataclass(frozen=True)
+class Level:
+    """The outcome of one concurrency level on one query path."""
+
+    server: str
+    concurrency: int
+    path: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: tuple[float, ...]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile of the successful latencies (nan when there are none)."""
+        ordered = sorted(self.latencies_ms)
+        if not ordered:
+            return float("nan")
+        rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+        return ordered[rank - 1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_server(semantic: str, workers: int, cache_dir: Path) -> Iterator[str]:
+    """A `task-matcher serve` child process; yields its URL once /healthz answers ``ok``."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "TASK_MATCHER_CACHE": str(cache_dir)}
+    env.pop("MATCHER_API_KEYS", None)
+    command = [sys.executable, "-m", "matcher.server", "--port", str(port), "--semantic", semantic,
+               "--workers", str(workers), "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(url, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: IO[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).json().get("status") == "ok":
+                return
+        except (httpx.TransportError, json.JSONDecodeError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server did not become ready within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def corpus_queries() -> list[str]:
+    """Distinct request texts of the tuning corpus, in file order."""
+    lines = CORPUS.read_text(encoding="utf-8").splitlines()
+    return list(dict.fromkeys(json.loads(line)["text"] for line in lines if line.strip()))
+
+
+def split_by_path(url: str, queries: Sequence[str]) -> dict[str, list[str]]:
+    """Ask the server once per query (this also warms it) and group the queries by answering path."""
+    paths: dict[str, list[str]] = {"keyword": [], "semantic": [], "healthz": ["-"]}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for query in queries:
+            if all(len(paths[name]) >= _MAX_QUERIES_PER_PATH for name in ("keyword", "semantic")):
+                break
+            body = http.post("/v1/tasks/match", json={"query": query}).raise_for_status().json()
+            found = paths.setdefault(body["matcher"], [])
+            if len(found) < _MAX_QUERIES_PER_PATH:
+                found.append(query)
+    return paths
+
+
+async def _load(url: str, queries: Sequence[str], path: str, concurrency: int, total: int,
+                time_cap: float) -> tuple[int, int, float, list[float]]:
+    """Send up to `total` requests with `concurrency` in flight; stop early after `time_cap` s.
+
+    Each in-flight slot has its own one-connection client, created and connected before the
+    clock starts: one shared httpx pool of 64 connections costs the load generator more CPU
+    than the server spends per request. Path ``healthz`` sends ``GET /healthz`` instead: the
+    ceiling of this client and the HTTP stack.
+    """
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, limits=limits, timeout=60))
+                   for _ in range(concurrency)]
+        await asyncio.gather(*(http.get("/healthz") for http in clients))
+        started = time.perf_counter()
+        deadline = started + time_cap
+
+        async def slot(http: httpx.AsyncClient) -> None:
+            nonlocal errors, issued
+            while issued < total and time.perf_counter() < deadline:
+                query = queries[issued % len(queries)]
+                issued += 1
+                sent = time.perf_counter()
+                try:
+                    if path == "healthz":
+                        response = await http.get("/healthz")
+                        ok = response.status_code == 200
+                    else:
+                        response = await http.post("/v1/tasks/match", json={"query": query})
+                        ok = response.status_code == 200 and response.json().get("matcher") == path
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(slot(http) for http in clients))
+        elapsed = time.perf_counter() - started
+    return issued, errors, elapsed, latencies
+
+
+def measure(server: str, url: str, queries: dict[str, list[str]], paths: Sequence[str],
+            levels: Sequence[int], total: int, time_cap: float) -> list[Level]:
+    """One row per (query path, concurrency level) against the server at `url`."""
+    rows = []
+    for path in paths:
+        if not queries.get(path):
+            print(f"  ({server}: no corpus query is answered on the {path} path; skipped)", file=sys.stderr)
+            continue
+        for concurrency in levels:
+            sent, errors, elapsed, latencies = asyncio.run(
+                _load(url, queries[path], path, concurrency, total, time_cap))
+            row = Level(server, concurrency, path, sent, errors, elapsed, tuple(latencies))
+            print(f"  {server:<13} c={concurrency:<3} {path:<8} {row.rate:7.1f} req/s", file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def machine_facts(workers: int) -> str:
+    """Cores, CPU, Python and package versions, as markdown bullet lines."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    versions = []
+    for name in _PACKAGES:
+        try:
+            versions.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return "\n".join([
+        f"- cores: {os.cpu_count()} logical, {usable} usable; CPU: {cpu}; load average at start {load}",
+        f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}",
+        f"- {', '.join(versions)}",
+        f"- server: `python -m matcher.server --workers {workers}` (uvicorn, h11) on 127.0.0.1; "
+        "client: httpx.AsyncClient (one connection per in-flight request) in one process on the "
+        "same cores; the `healthz` rows are the ceiling of that client and the HTTP stack",
+    ])
+
+
+def render(rows: Sequence[Level]) -> str:
+    """The markdown results table."""
+    lines = ["| server | concurrency | path | requests | errors | requests/s | p50 ms | p99 ms |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.server} | {row.concurrency} | {row.path} | {row.requests} | {row.errors} | "
+                     f"{row.rate:.1f} | {row.percentile(50):.1f} | {row.percentile(99):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the machine facts and the table; exit 1 if any request failed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per level (default 400)")
+    parser.add_argument("--time-cap", type=float, default=20.0,
+                        help="seconds per level before stopping early (default 20)")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels (default 1,16,64)")
+    parser.add_argument("--skip-semantic", action="store_true", help="only the keyword-only server")
+    args = parser.parse_args(argv)
+    levels = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    queries = corpus_queries()
+    facts = machine_facts(args.workers)  # before the load, so the load average is the machine's own
+    started = time.perf_counter()
+    rows: list[Level] = []
+    with tempfile.TemporaryDirectory(prefix="task-matcher-cache-") as cache:
+        servers: list[tuple[str, str, tuple[str, ...]]] = [("keyword-only", "off", ("healthz", "keyword"))]
+        if not args.skip_semantic:
+            servers.append(("semantic", "auto", ("keyword", "semantic")))
+        for label, semantic, paths in servers:
+            print(f"starting the {label} server ({args.workers} worker(s))...", file=sys.stderr)
+            with running_server(semantic, args.workers, Path(cache)) as url:
+                by_path = split_by_path(url, queries)
+                rows.extend(measure(label, url, by_path, paths, levels, args.requests, args.time_cap))
+    print(f"## task-matcher HTTP load, {args.workers} worker(s)\n")
+    print(facts)
+    print(f"- {args.requests} requests per level (capped at {args.time_cap:g} s), "
+          f"up to {_MAX_QUERIES_PER_PATH} distinct corpus queries per path, cycled\n")
+    print(render(rows))
+    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
+    return 1 if any(row.errors for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
