@@ -175,15 +175,16 @@ class SemanticIndex:
         settings = {"format": _CACHE_FORMAT, "model_id": embedder.model_id,
                     "fingerprint": fingerprint, "texts": "title+description,phrases"}
         self._text_vectors = _cached_encode(texts, embedder, settings, cache_dir)
-        centroids = np.add.reduceat(self._text_vectors.astype(np.float64), self._starts, axis=0)
+        self._texts64 = self._text_vectors.astype(np.float64)
+        centroids = np.add.reduceat(self._texts64, self._starts, axis=0)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-        self._centroids = centroids.astype(np.float32)
+        self._centroids64 = centroids.astype(np.float32).astype(np.float64)
 
     def components(self, vectors: FloatMatrix) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Centroid cosines and best single-text cosines, one row per query vector."""
         queries = np.atleast_2d(vectors).astype(np.float64)
-        centroid = queries @ self._centroids.astype(np.float64).T
-        per_text = queries @ self._text_vectors.astype(np.float64).T
+        centroid = queries @ self._centroids64.T
+        per_text = queries @ self._texts64.T
         best = np.maximum.reduceat(per_text, self._starts, axis=1)
         return centroid, best
 

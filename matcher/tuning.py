@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -123,9 +124,19 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
         semantic_path = _reduce(semantic_scores, labels, is_task)
 
     config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision)
+    decisions = _decide(config, keyword_path, semantic_path)
+    right = int((decisions.matched & decisions.correct & in_scope).sum())
+    target_met = _precision_lower_bound(right, int(decisions.matched.sum())) >= target_precision
+    if not target_met:
+        warnings.warn(
+            f"no setting reaches {target_precision:.0%} precision for high answers on these labelled "
+            "queries (one-sided 95% bound); the most precise setting was kept, so `matched` will be "
+            "wrong more often than the target. Add labelled data, enrich the catalog profiles or "
+            "enable the semantic backstop.", RuntimeWarning, stacklevel=2)
     report = _report(config, keyword_path, semantic_path, labels, profiles_ids=[p.id for p in profiles])
     report.update({
         "target_precision": target_precision,
+        "target_met": bool(target_met),
         "queries": len(pairs),
         "in_scope": int(in_scope.sum()),
         "out_of_scope": int((~in_scope).sum()),
