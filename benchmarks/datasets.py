@@ -66,6 +66,7 @@ class Dataset:
     description: str
     _load_test: Callable[[], tuple[LabelledQuery, ...]] = field(repr=False)
     _test: tuple[LabelledQuery, ...] | None = field(default=None, repr=False)
+    subset: bool = False
 
     def test(self) -> tuple[LabelledQuery, ...]:
         """The held-out split: report on it, never tune on it."""
@@ -117,6 +118,7 @@ def load_default(queries_dir: Path | None = None, *, limit: int | None = None,
                      f"{len(catalog.profiles()) - len(catalog)} out-of-scope profiles); "
                      "corpora/queries tune.jsonl / test.jsonl"),
         _load_test=lambda: rows("test.jsonl"),
+        subset=limit is not None,
     )
 
 
@@ -206,6 +208,7 @@ def load_clinc(k: int | None, *, root: Path | None = None, intents: int | None =
         description=f"CLINC150, {len(chosen)} intents x {shots} training utterances as phrases{subset}; "
                     "tuned on val.jsonl, reported on test.jsonl",
         _load_test=lambda: split("test.jsonl"),
+        subset=bool(subset),
     )
 
 

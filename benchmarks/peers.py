@@ -241,12 +241,15 @@ class EmbeddingPeer:
         twin._vectors, twin._starts = self._vectors, self._starts
         return twin
 
-    def scores(self, queries: Sequence[str]) -> FloatMatrix:
+    def scores(self, queries: Sequence[str], chunk: int = 512) -> FloatMatrix:
         q = np.asarray(self._embedder.encode([normalize(t) for t in queries]), dtype=np.float64)
-        sims = q @ self._vectors.T
         if self._centroid:
-            return np.asarray(sims, dtype=np.float64)
-        return np.asarray(np.maximum.reduceat(sims, self._starts, axis=1), dtype=np.float64)
+            return np.asarray(q @ self._vectors.T, dtype=np.float64)
+        out = np.zeros((len(q), len(self._starts)), dtype=np.float64)
+        for start in range(0, len(q), chunk):  # bounded memory: queries x profile texts per chunk
+            out[start:start + chunk] = np.maximum.reduceat(q[start:start + chunk] @ self._vectors.T,
+                                                           self._starts, axis=1)
+        return out
 
 
 def default_peers(embedder: Embedder | None) -> list[Peer]:

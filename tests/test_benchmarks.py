@@ -1,0 +1,310 @@
+"""Fast tests of the benchmark harness (`benchmarks/`) on hand-made inputs and small subsets.
+
+The metric tests use inputs whose answers are worked out by hand in the comments, so a wrong
+formula fails. CLINC150 tests use a 10-intent subset and are skipped when the data is absent
+(CI keeps it in `shared/` beside the repository, or `$CLINC150_DIR`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from benchmarks import datasets, metrics, peers, quality, report, synthetic
+from benchmarks.embeddings import CachingEmbedder
+from benchmarks.metrics import Prediction
+from matcher import Catalog
+
+CLINC = datasets.clinc_dir()
+needs_clinc = pytest.mark.skipif(not (CLINC / "labels.json").is_file(),
+                                 reason=f"CLINC150 data not found at {CLINC} (set CLINC150_DIR)")
+
+
+def pred(gold: str | None, ranking: Sequence[str], score: float = 0.5, accepted: bool = True,
+         **extra: Any) -> Prediction:
+    """A `Prediction` in one short line."""
+    return Prediction(gold, tuple(ranking), score, accepted, **extra)
+
+
+# Four in-scope queries and two out-of-scope ones:
+#   q1 gold a, ranked a first, accepted       -> top-1 hit, answered right
+#   q2 gold b, ranked a then b, accepted      -> top-1 miss, in top-5, answered wrong (as a)
+#   q3 gold c, ranked c first, rejected       -> top-1 hit, not answered
+#   q4 gold d, ranked x, y (d absent)         -> miss everywhere
+#   q5 out of scope, rejected                 -> OOS hit
+#   q6 out of scope, accepted as a            -> OOS miss
+PREDS = [
+    pred("a", ["a", "b"], 0.9, True, tier="high", ambiguous=False, path="keyword"),
+    pred("b", ["a", "b"], 0.8, True, tier="high", ambiguous=True, path="semantic"),
+    pred("c", ["c", "a"], 0.4, False, tier="medium", ambiguous=False, path="semantic"),
+    pred("d", ["x", "y"], 0.2, False, tier="low", ambiguous=False, path="keyword"),
+    pred(None, ["a"], 0.1, False, tier="low", ambiguous=False, path="keyword"),
+    pred(None, ["a"], 0.7, True, tier="high", ambiguous=True, path="semantic"),
+]
+
+
+def test_accuracy_metrics_match_hand_counts() -> None:
+    assert metrics.top1_accuracy(PREDS) == pytest.approx(2 / 4)  # q1, q3
+    assert metrics.recall_at_k(PREDS, 5) == pytest.approx(3 / 4)  # q1, q2, q3
+    assert metrics.recall_at_k(PREDS, 1) == pytest.approx(2 / 4)
+    assert metrics.accepted_accuracy(PREDS) == pytest.approx(1 / 4)  # only q1 is answered right
+    assert metrics.oos_recall(PREDS) == pytest.approx(1 / 2)  # q5
+    assert metrics.ambiguity_rate(PREDS) == pytest.approx(2 / 6)
+    assert metrics.path_share(PREDS, "semantic") == pytest.approx(3 / 6)
+
+
+def test_metrics_of_an_empty_group_are_nan_not_zero() -> None:
+    only_oos = [pred(None, ["a"], accepted=False)]
+    assert math.isnan(metrics.top1_accuracy(only_oos))
+    assert math.isnan(metrics.oos_recall([pred("a", ["a"])]))
+
+
+def test_tier_precision_counts_out_of_scope_answers_as_wrong() -> None:
+    tiers = metrics.tier_stats(PREDS)
+    assert (tiers["high"].count, tiers["high"].correct) == (3, 1)  # q1 right; q2 wrong; q6 is OOS
+    assert tiers["high"].precision == pytest.approx(1 / 3)
+    assert tiers["high"].coverage == pytest.approx(3 / 6)
+    assert (tiers["medium"].count, tiers["medium"].correct) == (1, 1)
+    assert (tiers["low"].count, tiers["low"].correct) == (2, 0)
+
+
+def test_per_task_precision_and_recall() -> None:
+    by_task = {s.task_id: s for s in metrics.per_task_scores(PREDS)}
+    # "a" was answered three times (q1 right, q2 and q6 wrong) and labelled once (q1)
+    assert (by_task["a"].answered, by_task["a"].support) == (3, 1)
+    assert by_task["a"].precision == pytest.approx(1 / 3)
+    assert by_task["a"].recall == pytest.approx(1.0)
+    assert by_task["a"].f1 == pytest.approx(0.5)
+    # "b" was labelled once and never answered: recall 0, precision undefined
+    assert by_task["b"].recall == 0.0
+    assert math.isnan(by_task["b"].precision)
+    assert by_task["b"].f1 == 0.0
+
+
+def test_confused_pairs_are_counted_and_ordered() -> None:
+    preds = [pred("b", ["a"]), pred("b", ["a"]), pred("c", ["a"]), pred("a", ["c"]), pred("a", ["a"]),
+             pred(None, ["a"])]
+    assert metrics.confused_pairs(preds) == [("b", "a", 2), ("a", "c", 1), ("c", "a", 1)]
+    assert metrics.confused_pairs(preds, 1) == [("b", "a", 2)]
+
+
+def test_balanced_threshold_picks_the_best_cut_by_hand() -> None:
+    # in-scope right 0.9, 0.8; out-of-scope 0.7; in-scope wrong 0.6; out-of-scope 0.5.
+    # accept >= 0.9: 1/3 + 2/2 = 1.33; >= 0.8: 2/3 + 1 = 1.67 (best); >= 0.7: 2/3 + 1/2; none: 1.
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    correct = [True, True, False, False, False]
+    in_scope = [True, True, False, True, False]
+    assert metrics.balanced_threshold(scores, correct, in_scope) == pytest.approx(0.75)
+    # an out-of-scope profile outranking the 0.7 query makes it ineligible: accepting >= 0.6 then
+    # costs no out-of-scope recall but gains nothing either, so >= 0.8 still wins (tie -> lowest
+    # cut among equals: >= 0.6 and >= 0.8 both give 2/3 + 1)
+    eligible = [True, True, False, True, True]
+    assert metrics.balanced_threshold(scores, correct, in_scope, eligible) == pytest.approx(0.55)
+
+
+def test_balanced_threshold_edges() -> None:
+    # no out-of-scope queries: accuracy alone, accepting everything is best
+    assert metrics.balanced_threshold([0.3, 0.2], [True, True], [True, True]) == -math.inf
+    # only out-of-scope queries: accept nothing
+    assert metrics.balanced_threshold([0.3, 0.2], [False, False], [False, False]) == math.inf
+
+
+def test_precision_threshold_by_hand() -> None:
+    scores = [0.9, 0.8, 0.7, 0.6]
+    correct = [True, True, False, True]
+    # >= 0.8: 2/2; >= 0.7: 2/3; >= 0.6: 3/4
+    assert metrics.precision_threshold(scores, correct, 0.97) == pytest.approx(0.75)
+    assert metrics.precision_threshold(scores, correct, 0.75) == -math.inf
+    assert metrics.precision_threshold([0.5], [False], 0.97) == math.inf
+
+
+def test_calibration_error_and_reliability_curve() -> None:
+    # one bin [0.9, 1.0): mean score 0.95, half right -> |0.95 - 0.5| = 0.45
+    assert metrics.expected_calibration_error([0.95, 0.95], [True, False]) == pytest.approx(0.45)
+    curve = metrics.reliability_curve([0.05, 0.15, 0.15, 1.0], [False, True, False, True], bins=10)
+    assert [(round(low, 2), count) for low, _, _, count in curve] == [(0.0, 1), (0.1, 2), (0.9, 1)]
+    assert curve[1][2] == pytest.approx(0.5)
+
+
+def test_latency_summary() -> None:
+    median, p99, count = metrics.latency_summary([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert (median, count) == (3.0, 5)
+    assert 4.0 < p99 <= 100.0
+    assert math.isnan(metrics.latency_summary([])[0])
+
+
+def _tiny_catalog() -> Catalog:
+    return Catalog.from_records([
+        {"id": "book-flight", "title": "book flight", "phrases": ["book me a flight to paris",
+                                                                  "reserve a plane ticket"]},
+        {"id": "weather", "title": "weather", "phrases": ["what is the weather tomorrow",
+                                                          "will it rain today"]},
+        {"id": "alarm", "title": "alarm", "phrases": ["set an alarm for 7am", "wake me up at six"]},
+        {"id": "unsupported-chat", "kind": "unsupported", "title": "chit chat",
+         "phrases": ["tell me a joke", "how are you doing"]},
+    ])
+
+
+class _HashEmbedder:
+    """Deterministic bag-of-words embedder: each word hashes to a fixed random unit vector."""
+
+    model_id = "test-hash-embedder"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        out = np.zeros((len(texts), 32), dtype=np.float64)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "little")
+                out[row] += np.random.default_rng(seed).standard_normal(32)
+            out[row] /= max(np.linalg.norm(out[row]), 1e-12)
+        return out.astype(np.float32)
+
+
+def _all_peers() -> list[peers.Peer]:
+    embedder = _HashEmbedder()
+    return [peers.TfidfPeer(), peers.BM25Peer(), peers.RapidFuzzPeer(),
+            peers.EmbeddingPeer(embedder, centroid=False), peers.EmbeddingPeer(embedder, centroid=True)]
+
+
+def test_peers_rank_the_obvious_task_first_and_deterministically() -> None:
+    catalog = _tiny_catalog()
+    profiles = catalog.profiles()
+    ids = [p.id for p in profiles]
+    is_task = np.array([p.kind == "task" for p in profiles])
+    queries = ["book a flight to paris", "will it rain tomorrow", "set an alarm for 7am"]
+    expected = ["book-flight", "weather", "alarm"]
+    for peer in _all_peers():
+        peer.fit(catalog, queries, expected)
+        scores = peer.scores(queries)
+        assert scores.shape == (3, len(profiles)), peer.name
+        first = peers.rank_tasks(scores, is_task, ids, k=5)
+        again = peers.rank_tasks(peer.scores(queries), is_task, ids, k=5)
+        assert first == again, peer.name
+        assert [r[0][0] for r in first] == expected, peer.name
+        # out-of-scope profiles are never ranked as tasks
+        assert all("unsupported-chat" not in ranking for ranking, _, _ in first), peer.name
+
+
+def test_rank_tasks_breaks_ties_by_profile_order() -> None:
+    scores = np.array([[0.5, 0.5, 0.5, 0.9]])
+    ids = ["alarm", "book-flight", "unsupported-x", "weather"]
+    is_task = np.array([True, True, False, True])
+    ranking, top, best_oos = peers.rank_tasks(scores, is_task, ids, k=3)[0]
+    assert ranking == ("weather", "alarm", "book-flight")
+    assert (top, best_oos) == (0.9, 0.5)
+
+
+def test_caching_embedder_encodes_each_text_once() -> None:
+    inner = _HashEmbedder()
+    cache = CachingEmbedder(inner, batch_size=2)
+    first = cache.encode(["a b", "c", "a b", "d"])
+    assert cache.encoded == 3
+    again = cache.encode(["d", "c"])
+    assert cache.encoded == 3
+    np.testing.assert_array_equal(first[3], again[0])
+    assert cache.model_id == inner.model_id
+
+
+def test_synthetic_catalog_is_deterministic() -> None:
+    first = synthetic.synthetic_catalog(50, n_queries=10, seed=3)
+    second = synthetic.synthetic_catalog(50, n_queries=10, seed=3)
+    other = synthetic.synthetic_catalog(50, n_queries=10, seed=4)
+    assert len(first.catalog) == 50
+    assert first.catalog.fingerprint == second.catalog.fingerprint != other.catalog.fingerprint
+    assert first.queries == second.queries
+    assert all(gold in first.catalog for _, gold in first.queries)
+
+
+def test_default_dataset_loads_labelled_subset() -> None:
+    dataset = datasets.load_default(limit=30)
+    assert len(dataset.tune) == 30
+    assert all(q.task_id is None or q.task_id in dataset.catalog for q in dataset.tune)
+    assert len(dataset.test()) == 30
+    assert dataset.subset
+
+
+@needs_clinc
+def test_clinc_loader_builds_a_valid_catalog() -> None:
+    dataset = datasets.load_clinc(10, intents=10)
+    tasks = dataset.catalog.list()
+    assert len(tasks) == 10
+    for task in tasks:
+        assert task.id == task.id.lower() and "_" not in task.id
+        assert task.title == task.id.replace("-", " ")
+        assert 1 <= len(task.phrases) <= 10
+    in_scope = [q for q in dataset.tune if q.in_scope]
+    assert len(in_scope) == 10 * 20  # val has 20 utterances per intent
+    assert all(q.task_id in dataset.catalog for q in in_scope)
+    assert any(not q.in_scope for q in dataset.tune)
+    full = datasets.load_clinc(None, intents=3)
+    assert all(len(t.phrases) == 100 for t in full.catalog.list())
+
+
+@needs_clinc
+def test_tuning_never_reads_the_test_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    original = datasets.read_jsonl
+
+    def recording(path: Path) -> list[dict[str, Any]]:
+        read.append(Path(path).name)
+        return original(path)
+
+    monkeypatch.setattr(datasets, "read_jsonl", recording)
+    dataset = datasets.load_clinc(5, intents=10)
+    systems, configs, _ = quality.tune_systems(dataset, None,
+                                               peers=[peers.TfidfPeer(), peers.RapidFuzzPeer()])
+    assert "test.jsonl" not in read
+    assert {"train_5.jsonl", "val.jsonl"} <= set(read)
+    assert [s.name for s in systems] == [quality.OURS_KEYWORD, "TF-IDF cosine", "rapidfuzz best match"]
+    assert quality.OURS_KEYWORD in configs
+    results = quality.evaluate(dataset, systems)
+    assert "test.jsonl" in read
+    assert all(len(r.test_preds) == len(dataset.test()) for r in results)
+
+
+@needs_clinc
+def test_small_end_to_end_run_renders_every_section() -> None:
+    dataset = datasets.load_clinc(10, intents=10)
+    result = quality.run_dataset(dataset, embedder=None, live_embedder=None, latency_sample=20)
+    names = [s.name for s in result.systems]
+    assert names[0] == quality.OURS_KEYWORD
+    assert {"TF-IDF cosine", "BM25 (bm25s)", "rapidfuzz best match"} <= set(names)
+    assert result.latency[quality.OURS_KEYWORD]["all"][2] == 20
+    for system in result.systems:
+        top1 = metrics.top1_accuracy(system.test_preds)
+        assert 0.3 < top1 <= 1.0, system.name  # 10 intents: every method is far above chance
+    info = report.RunInfo(command="test", regenerate="python -m benchmarks", date="today", wall_seconds=1.0,
+                          machine={"cores": "2"}, versions={}, options={})
+    markdown = report.render(info, [result], {})
+    for heading in ("## Headline", "## Does our engine beat every peer?", "## Confidence tiers",
+                    "## Per-task precision and recall", "## Most confused task pairs", "## Latency"):
+        assert heading in markdown
+    assert "published:" not in markdown  # reference rows only for the full 150-intent sets
+
+
+@needs_clinc
+@pytest.mark.slow
+def test_one_command_writes_the_report(tmp_path: Path) -> None:
+    from benchmarks import run_all
+
+    output = tmp_path / "RESULTS.md"
+    status = run_all.main(["--quick", "--no-semantic", "--no-perf", "--clinc-intents", "5",
+                           "--latency-sample", "10", "--skip-clinc-full", "--output", str(output)])
+    assert status == 0
+    text = output.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmark results")
+    assert "python -m benchmarks" in text.split("## Headline")[0]  # the command is named at the top
+    for name in ("### default", "### clinc-k5", "### clinc-k10"):
+        assert name in text
+    assert "### clinc-full" not in text
