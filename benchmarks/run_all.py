@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-semantic", action="store_true",
                         help="keyword-only engine and no embedding peers (no model is loaded)")
     parser.add_argument("--no-perf", action="store_true", help="skip import time, memory and the scaling run")
+    parser.add_argument("--no-load", action="store_true", help="skip the loopback HTTP load benchmark")
     parser.add_argument("--clinc-intents", type=int, default=None,
                         help="seeded subset of CLINC intents (default: all 150; 20 with --quick)")
     parser.add_argument("--latency-sample", type=int, default=None,
@@ -94,6 +95,16 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def _http_load(overall: Any) -> str:
+    """The loopback HTTP load benchmark (`benchmarks/load.py`) in a fresh process, as Markdown."""
+    import subprocess
+
+    overall.set_postfix_str("http load")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.load"], capture_output=True, text=True,
+                         check=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    return run.stdout.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             perf_results["memory"][mode] = perf.peak_memory(mode)
             tick(f"memory {mode}")
         perf_results["scaling"] = perf.scaling_run(sizes, progress=tick)
+    load_report = "" if args.no_load or args.quick else _http_load(overall)
     overall.close()
 
     load_after = os.getloadavg()
@@ -173,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options=options,
     )
     markdown = render(info, results, perf_results)
+    if load_report:
+        markdown = markdown.rstrip("\n") + "\n\n" + load_report.replace("\n## ", "\n### ").replace(
+            "## task-matcher HTTP load", "## HTTP load (`python -m benchmarks.load`)", 1) + "\n"
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is None:
         sys.stdout.write(markdown)
