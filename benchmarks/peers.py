@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from matcher import Catalog, Embedder, Task
+from matcher.semantic import profile_texts
 from matcher.text import normalize
 
 __all__ = [
@@ -78,12 +79,7 @@ def _profile_texts(task: Task) -> list[str]:
 
 def embedding_texts(task: Task) -> list[str]:
     """Exactly the texts the engine's semantic index embeds, so the vectors are shared."""
-    head = ". ".join(t for t in (task.title, task.description) if t)
-    texts = [head] if head else []
-    texts.extend(task.phrases)
-    if not texts:
-        texts.append(", ".join(term for term, _ in task.keywords))
-    return texts
+    return profile_texts(task)
 
 
 def _grouped(texts_per_profile: Sequence[Sequence[str]]) -> tuple[list[str], npt.NDArray[np.int64]]:

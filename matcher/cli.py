@@ -12,7 +12,7 @@ from typing import Any
 
 from .catalog import Catalog, default_catalog, load_catalog
 from .config import MatcherConfig
-from .engine import Matcher, SemanticOption
+from .engine import SEMANTIC_CHOICES, Matcher
 from .errors import MatcherError
 from .results import CandidateExplanation, TaskMatch
 
@@ -107,10 +107,6 @@ def _render_explanations(explanations: Sequence[CandidateExplanation]) -> str:
     return "\n".join(lines)
 
 
-def _semantic_option(value: str) -> SemanticOption:
-    return {"auto": "auto", "on": True, "off": False}[value]  # type: ignore[return-value]
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         tasks = _catalog(args).list()
@@ -130,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         from .tuning import load_labelled, tune
 
         tuned = tune(_catalog(args), load_labelled(args.labelled),
-                     semantic=_semantic_option(args.semantic),
+                     semantic=SEMANTIC_CHOICES[args.semantic],
                      target_precision=args.target_precision, progress=True)
         tuned.save(args.out)
         report = dict(tuned.tuning or {})
@@ -140,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     config = MatcherConfig.load(args.config) if args.config else None
-    matcher = Matcher(_catalog(args), semantic=_semantic_option(args.semantic), config=config)
+    matcher = Matcher(_catalog(args), semantic=SEMANTIC_CHOICES[args.semantic], config=config)
     result = matcher.match(args.query, top_k=args.top_k)
     if args.json:
         body: dict[str, Any] = result.to_dict()

@@ -35,6 +35,8 @@ __all__ = ["Matcher", "default_config", "match"]
 
 CAPABILITY_CATEGORY = "capability"
 SemanticOption = bool | Literal["auto"] | Embedder
+SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False}
+"""Command-line and environment spellings of the `semantic` option."""
 FloatArray = npt.NDArray[np.float64]
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Embedder",
     "SemanticIndex",
     "SentenceTransformerEmbedder",
+    "profile_texts",
     "semantic_available",
 ]
 
@@ -132,7 +133,7 @@ def _local_model_id(path: Path) -> str:
     return f"{path.resolve()}#{digest.hexdigest()[:16]}"
 
 
-def _profile_texts(task: Task) -> list[str]:
+def profile_texts(task: Task) -> list[str]:
     """Texts embedded per task: title with description, then each phrase."""
     head = ". ".join(t for t in (task.title, task.description) if t)
     texts = [head] if head else []
@@ -167,7 +168,7 @@ class SemanticIndex:
         texts: list[str] = []
         owners: list[int] = []
         for position, profile in enumerate(profiles):
-            for text in _profile_texts(profile):
+            for text in profile_texts(profile):
                 texts.append(text)
                 owners.append(position)
         self._owner = np.asarray(owners, dtype=np.int64)

@@ -58,7 +58,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task, load_catalog
 from .config import MatcherConfig
-from .engine import Matcher, SemanticOption
+from .engine import SEMANTIC_CHOICES, Matcher
 from .errors import MatcherError, UnknownTaskError
 
 __all__ = [
@@ -92,7 +92,6 @@ _ENV_SEMANTIC = "MATCHER_SEMANTIC"
 _ENV_KEYS = "MATCHER_API_KEYS"
 _ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
-_SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False}
 _MAX_REPORTED_ERRORS = 5
 _log = logging.getLogger("uvicorn.error")
 
@@ -538,7 +537,7 @@ class ServerSettings:
         if not raw_limit.isdigit() or int(raw_limit) < 1:
             raise ValueError(f"{_ENV_MAX_BODY} must be a positive integer, got {raw_limit!r}")
         semantic = env.get(_ENV_SEMANTIC) or "auto"
-        if semantic not in _SEMANTIC_CHOICES:
+        if semantic not in SEMANTIC_CHOICES:
             raise ValueError(f"{_ENV_SEMANTIC} must be one of auto, on, off; got {semantic!r}")
         return cls(
             catalog=_optional_path(env.get(_ENV_CATALOG)),
@@ -561,7 +560,7 @@ class ServerSettings:
         """The matcher these settings describe (catalog and config are loaded and validated now)."""
         catalog = load_catalog(self.catalog) if self.catalog is not None else None
         config = MatcherConfig.load(self.config) if self.config is not None else None
-        return Matcher(catalog, semantic=_SEMANTIC_CHOICES[self.semantic], config=config)
+        return Matcher(catalog, semantic=SEMANTIC_CHOICES[self.semantic], config=config)
 
     def build_app(self, environ: Mapping[str, str] | None = None) -> FastAPI:
         """The app: keys from ``MATCHER_API_KEYS`` in `environ` plus those in `api_keys_file`."""
@@ -641,7 +640,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     parser.add_argument("--catalog", type=Path, help="a catalog file or directory (default: bundled)")
     parser.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
-    parser.add_argument("--semantic", choices=tuple(_SEMANTIC_CHOICES), default="auto",
+    parser.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto",
                         help="embedding backstop: auto (if installed), on (required) or off")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--api-keys-file", type=Path,

@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .config import FieldWeights, MatcherConfig
 from .engine import Matcher, SemanticOption
 from .errors import UnknownTaskError
-from .keyword import SIGNALS
+from .keyword import SIGNALS, combine
 from .text import normalize
 
 __all__ = ["load_labelled", "tune"]
@@ -94,7 +94,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
             signals[name][row] = values
 
     weights = _fit_weights(signals, base.field_weights, labels, is_task)
-    keyword_raw = _combine(signals, weights)
+    keyword_raw = combine(signals, weights)
     k_slope, k_bias, k_coverage = _fit_calibration(
         keyword_raw, coverage, labels, is_task,
         (base.keyword_slope, base.keyword_null_bias, base.keyword_null_coverage))
@@ -177,13 +177,6 @@ def _progress(items: list[T], enabled: bool, label: str) -> Iterator[T]:
     yield from items
 
 
-def _combine(signals: dict[str, FloatArray], weights: FieldWeights) -> FloatArray:
-    w = weights.as_dict()
-    total = sum(w.values())
-    raw = sum(w[name] * signals[name] for name in SIGNALS) / total
-    return np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
-
-
 def _ranking_quality(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[float, float]:
     """(top-1 accuracy, mean reciprocal rank) over in-scope queries, tasks only, ties by index."""
     scores = np.round(np.where(is_task, raw, -1.0), 6)
@@ -201,7 +194,7 @@ def _fit_weights(signals: dict[str, FloatArray], start: FieldWeights, labels: In
                  is_task: BoolArray) -> FieldWeights:
     """Coordinate ascent over signal weights on top-1 accuracy (then MRR); strict gains only."""
     current = start
-    best = _ranking_quality(_combine(signals, current), labels, is_task)
+    best = _ranking_quality(combine(signals, current), labels, is_task)
     for _ in range(4):
         improved = False
         for name in SIGNALS:
@@ -209,7 +202,7 @@ def _fit_weights(signals: dict[str, FloatArray], start: FieldWeights, labels: In
                 candidate = replace(current, **{name: value})
                 if sum(candidate.as_dict().values()) <= 0:
                     continue
-                quality = _ranking_quality(_combine(signals, candidate), labels, is_task)
+                quality = _ranking_quality(combine(signals, candidate), labels, is_task)
                 if quality > best:
                     best, current, improved = quality, candidate, True
         if not improved:
