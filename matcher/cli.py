@@ -18,7 +18,7 @@ from .results import CandidateExplanation, TaskMatch
 
 __all__ = ["main"]
 
-_COMMANDS = ("match", "list", "show", "tune", "serve")
+_COMMANDS = ("match", "list", "show", "tune", "serve", "confusability")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="share of high answers that must be right on the labelled data")
     _catalog_options(tune)
     sub.add_parser("serve", help="run the HTTP API (see task-matcher serve --help)", add_help=False)
+    conf = sub.add_parser("confusability", help="task pairs whose profiles overlap, and the phrases causing it")
+    conf.add_argument("--limit", type=int, default=20, help="pairs to show (default 20)")
+    conf.add_argument("--json", action="store_true", help="print the report as JSON")
+    _catalog_options(conf)
     show = sub.add_parser("show", help="show one task's record")
     show.add_argument("task_id")
     show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
@@ -121,6 +125,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "show":
         task = _catalog(args).get(args.task_id)
         print(json.dumps(task.to_dict(examples_n=args.examples), indent=2, ensure_ascii=False))
+        return 0
+    if args.command == "confusability":
+        from .confusability import confusability_report
+
+        pairs = confusability_report(_catalog(args), limit=args.limit)
+        if args.json:
+            print(json.dumps([p.to_dict() for p in pairs], indent=2, ensure_ascii=False))
+            return 0
+        pair_rows = [(f"{p.task_a} / {p.task_b}", str(len(p.phrases)), f"{p.profile_similarity:.3f}",
+                      p.phrases[0][1][:60]) for p in pairs]
+        print(_format_table(pair_rows, ("task pair", "phrases", "profile cosine", "e.g.")))
         return 0
     if args.command == "tune":
         from .tuning import load_labelled, tune

@@ -262,6 +262,14 @@ class KeywordIndex:
                 best_phrase = self._phrase_texts[start + int(np.argmax(block))]
         return tuple(matches), best_phrase
 
+    def profile_vectors(self) -> sp.csr_matrix:
+        """Unit-norm word TF-IDF vector of each whole profile (all fields), one row per profile."""
+        vectors = self._field_matrices["title"] + self._field_matrices["description"]
+        vectors = vectors + self._field_matrices["keywords"] + self._field_matrices["phrases"]
+        norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        return sp.csr_matrix(sp.diags(1.0 / norms) @ vectors)
+
     def shared_words(self, repaired: str, position: int) -> tuple[str, ...]:
         """Words of the query whose stem appears in the profile, in query order, once each."""
         row = self._profile_terms.getrow(position)
