@@ -6,6 +6,8 @@
 'contract-key-fields'
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import FieldWeights, MatcherConfig
 from .engine import Matcher, default_config, match
@@ -20,6 +22,9 @@ from .errors import (
 )
 from .results import CandidateExplanation, TaskMatch, TaskMatchCandidate
 from .semantic import Embedder, SentenceTransformerEmbedder
+
+if TYPE_CHECKING:
+    from .tuning import tune
 
 __all__ = [
     "CandidateExplanation",
@@ -43,4 +48,14 @@ __all__ = [
     "default_config",
     "load_catalog",
     "match",
+    "tune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`matcher.tune` is imported on first use: tuning pulls in scipy, which `import matcher` avoids."""
+    if name == "tune":
+        from .tuning import tune
+
+        return tune
+    raise AttributeError(f"module 'matcher' has no attribute {name!r}")
