@@ -243,9 +243,9 @@ class Matcher:
         index = self._keyword_index()
         positions = {p.id: i for i, p in enumerate(self._profiles)}
         explanations = []
-        for candidate in result.candidates:
+        details = index.explain(scored.repaired, [positions[c.task_id] for c in result.candidates])
+        for candidate, (fields, best_phrase) in zip(result.candidates, details, strict=True):
             position = positions[candidate.task_id]
-            fields, best_phrase = index.explain(scored.repaired, position)
             explanations.append(CandidateExplanation(
                 task_id=candidate.task_id,
                 score=candidate.score,

@@ -231,12 +231,19 @@ class KeywordIndex:
                                 if len(cidx) else np.zeros(n))
         return parts
 
-    def explain(self, repaired: str, position: int) -> tuple[tuple[FieldMatch, ...], str | None]:
-        """Per-field matched terms (with their share of the raw score) and the nearest phrase."""
+    def explain(self, repaired: str,
+                positions: Sequence[int]) -> list[tuple[tuple[FieldMatch, ...], str | None]]:
+        """For each profile position: per-field matched terms (with their share of the raw score)
+        and the nearest phrase. The query is vectorized and scored once for all of them."""
         idx, values = self.query_vector(repaired)
         components = self._components(repaired)
         w = self._weights.as_dict()
         total = sum(w.values())
+        return [self._explain_one(idx, values, components, w, total, position) for position in positions]
+
+    def _explain_one(self, idx: npt.NDArray[np.int64], values: FloatArray, components: dict[str, FloatArray],
+                     w: dict[str, float], total: float,
+                     position: int) -> tuple[tuple[FieldMatch, ...], str | None]:
         matches = []
         for name in (f for f in _FIELDS if w[f] > 0):
             row = self._field_matrices[name].getrow(position)
@@ -256,7 +263,7 @@ class KeywordIndex:
         best_phrase = None
         if self._has_phrases[position] and len(idx):
             start = int(self._phrase_starts[position])
-            stop = start + int(np.sum(self._phrase_owner == position))
+            stop = int(self._phrase_starts[position + 1]) if position + 1 < self._n else len(self._phrase_texts)
             block = np.asarray(self._phrase_matrix[start:stop][:, idx] @ values).ravel()
             if block.max() > 0:
                 best_phrase = self._phrase_texts[start + int(np.argmax(block))]

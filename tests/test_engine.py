@@ -199,7 +199,7 @@ def test_constructor_validates_its_arguments(small_catalog: matcher.Catalog) -> 
         Matcher(small_catalog, semantic="sometimes")  # type: ignore[arg-type]
 
 
-def test_a_catalog_path_is_accepted(tmp_path: object) -> None:
+def test_a_catalog_path_is_accepted() -> None:
     folder = REPO / "matcher" / "data" / "catalog"
     assert len(Matcher(folder, semantic=False).catalog) == len(matcher.default_catalog())
 
