@@ -13,6 +13,8 @@ Definitions used throughout (N = all queries, N_in = in-scope, N_oos = out-of-sc
 * out-of-scope recall: out-of-scope queries that were not accepted, over N_oos.
 * tier precision: queries whose top candidate has the tier and is right, over those in the
   tier (an out-of-scope query is never right); tier coverage: queries in the tier over N.
+* operating curve: in-scope accuracy and out-of-scope recall at every threshold on the top
+  score, which compares two systems at the same point of the trade-off between the two.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ __all__ = [
     "TaskScores",
     "TierStats",
     "accepted_accuracy",
+    "accuracy_at_oos_recall",
     "ambiguity_rate",
     "balanced_threshold",
     "confused_pairs",
     "expected_calibration_error",
     "latency_summary",
     "oos_recall",
+    "oos_recall_at_accuracy",
+    "operating_curve",
     "path_share",
     "per_task_scores",
     "precision_threshold",
@@ -60,6 +65,9 @@ class Prediction:
     tier: str | None = None
     ambiguous: bool | None = None
     path: str | None = None
+    eligible: bool = True
+    """False when the system rules the query out whatever its threshold (a peer whose best profile
+    is an out-of-scope one)."""
 
     @property
     def correct(self) -> bool:
@@ -267,6 +275,42 @@ def precision_threshold(scores: Sequence[float], correct: Sequence[bool], target
         if right[end] / taken[i] >= target - 1e-12:
             best = _between(values, i)
     return best
+
+
+def operating_curve(preds: Sequence[Prediction]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """In-scope accuracy and out-of-scope recall at every threshold on the top score.
+
+    Point i accepts the eligible queries whose top score is at least the i-th highest distinct
+    score; point 0 accepts nothing (accuracy 0, OOS recall 1). Tied scores are accepted together.
+    """
+    scores = np.asarray([p.top_score for p in preds], dtype=np.float64)
+    eligible = np.asarray([p.eligible for p in preds], dtype=bool)
+    in_scope = np.asarray([p.gold is not None for p in preds], dtype=bool)
+    right = np.asarray([p.correct for p in preds], dtype=bool)
+    n_in, n_oos = max(int(in_scope.sum()), 1), max(int((~in_scope).sum()), 1)
+    cand = scores[eligible]
+    order = np.argsort(-cand, kind="stable")
+    values = np.unique(cand)[::-1]
+    ends = np.searchsorted(-cand[order], -values, side="right")
+    hits = np.concatenate([[0], np.cumsum(right[eligible][order])])[ends]
+    taken = np.concatenate([[0], np.cumsum((~in_scope)[eligible][order])])[ends]
+    accuracy = np.concatenate([[0.0], hits / n_in])
+    recall = np.concatenate([[1.0], 1.0 - taken / n_oos])
+    return accuracy, recall
+
+
+def accuracy_at_oos_recall(preds: Sequence[Prediction], target: float) -> float:
+    """Best in-scope accuracy over the thresholds whose out-of-scope recall is at least `target`."""
+    accuracy, recall = operating_curve(preds)
+    return float(accuracy[recall >= target - 1e-12].max())
+
+
+def oos_recall_at_accuracy(preds: Sequence[Prediction], target: float) -> float:
+    """Best out-of-scope recall over the thresholds whose in-scope accuracy is at least `target`
+    (NaN when no threshold reaches it)."""
+    accuracy, recall = operating_curve(preds)
+    reached = recall[accuracy >= target - 1e-12]
+    return float(reached.max()) if len(reached) else math.nan
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> tuple[float, float, int]:

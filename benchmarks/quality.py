@@ -157,7 +157,7 @@ def _peer_predictions(peer: Peer, ids: Sequence[str], is_task: np.ndarray, queri
     for q, (ranking, top, best_oos) in zip(queries, ranked, strict=True):
         eligible = not best_oos > top
         preds.append(Prediction(q.task_id, ranking, top, eligible and top >= threshold,
-                                tier="high" if eligible and top >= high else None))
+                                tier="high" if eligible and top >= high else None, eligible=eligible))
     return preds
 
 
@@ -177,7 +177,7 @@ def _fit_peer(peer: Peer, dataset: Dataset) -> FittedSystem:
     threshold = balanced_threshold(tops, correct, [q.in_scope for q in tune], eligible)
     high = precision_threshold(tops, correct, HIGH_PRECISION, eligible)
     tune_preds = [Prediction(q.task_id, r, top, ok and top >= threshold,
-                             tier="high" if ok and top >= high else None)
+                             tier="high" if ok and top >= high else None, eligible=ok)
                   for q, (r, top, _), ok in zip(tune, ranked, eligible, strict=True)]
     settings = {"no-match threshold": _fmt(threshold), "97% threshold": _fmt(high)}
     scorer = getattr(peer, "scorer", None)

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="tune the semantic cascade (on) or the keyword path alone (off)")
     tune.add_argument("--target-precision", type=float, default=0.97,
                       help="share of high answers that must be right on the labelled data")
+    tune.add_argument("--out-of-scope-share", type=_share, default=0.25, metavar="SHARE",
+                      help="weight of the out-of-scope queries in the calibration fit, as a share of all "
+                           "queries (default 0.25); 'none' keeps the labelled proportions")
     _catalog_options(tune)
     sub.add_parser("serve", help="run the HTTP API (see task-matcher serve --help)", add_help=False)
     conf = sub.add_parser("confusability", help="task pairs whose profiles overlap, and the phrases causing it")
@@ -60,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
     _catalog_options(show)
     return parser
+
+
+def _share(text: str) -> float | None:
+    """`--out-of-scope-share`: a number in (0, 1), or 'none' for the labelled proportions."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'none', got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'none', got {text!r}")
+    return value
 
 
 def _catalog_options(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
 
         tuned = tune(_catalog(args), load_labelled(args.labelled),
                      semantic=SEMANTIC_CHOICES[args.semantic],
-                     target_precision=args.target_precision, progress=True)
+                     target_precision=args.target_precision,
+                     out_of_scope_share=args.out_of_scope_share, progress=True)
         tuned.save(args.out)
         report = dict(tuned.tuning or {})
         report.pop("per_task", None)

@@ -44,7 +44,9 @@ class MatcherConfig:
     is ``high`` when its score reaches `high_threshold` and leads the runner-up by `high_margin`;
     scores from
     `medium_threshold` are ``medium``; the rest ``low``. The keyword path alone decides when its
-    top task reaches `fallback_threshold` with that lead; otherwise the semantic backstop scores
+    top task reaches `fallback_threshold` with that lead and the catalog vocabulary knows at least
+    `keyword_min_coverage` of the query's content words (a keyword answer to "foo bar baz" rests on
+    "bar" alone, so it is never ``high``); otherwise the semantic backstop scores
     ``semantic_fusion * keyword_raw + (1 - semantic_fusion) * embedding_similarity``.
     `tuning` keeps the report of the run that produced the config (not used for matching).
     """
@@ -59,6 +61,7 @@ class MatcherConfig:
     semantic_fusion: float = 0.5
     semantic_centroid_weight: float = 0.5
     fallback_threshold: float = 0.6
+    keyword_min_coverage: float = 0.5
     high_threshold: float = 0.6
     medium_threshold: float = 0.3
     high_margin: float = 0.1
@@ -71,7 +74,8 @@ class MatcherConfig:
 
     def __post_init__(self) -> None:
         for name in ("high_threshold", "medium_threshold", "high_margin", "ambiguity_margin",
-                     "semantic_fusion", "semantic_centroid_weight", "fallback_threshold"):
+                     "semantic_fusion", "semantic_centroid_weight", "fallback_threshold",
+                     "keyword_min_coverage"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")

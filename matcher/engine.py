@@ -50,6 +50,7 @@ class _Scored:
     matcher: str
     repaired: str
     corrections: tuple[FuzzyCorrection, ...]
+    coverage: float
 
 
 class Matcher:
@@ -142,25 +143,26 @@ class Matcher:
         kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
                               null_coverage=cfg.keyword_null_coverage, coverage=keyword.coverage,
                               decimals=cfg.score_decimals)
-        if self._keyword_is_confident(kw_scores):
+        if self._keyword_is_confident(kw_scores, keyword.coverage):
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections)
+                           keyword.corrections, keyword.coverage)
         index = self._semantic_index()
         if index is None:
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections)
+                           keyword.corrections, keyword.coverage)
         similarity = np.round(index.similarities(normalized), 6)
         fused = cfg.semantic_fusion * keyword.raw + (1.0 - cfg.semantic_fusion) * similarity
         scores = calibrate(fused, slope=cfg.semantic_slope, null_bias=cfg.semantic_null_bias,
                            null_coverage=cfg.semantic_null_coverage, coverage=keyword.coverage,
                            decimals=cfg.score_decimals)
         return _Scored(scores, keyword.raw, similarity, "semantic", keyword.query_text,
-                       keyword.corrections)
+                       keyword.corrections, keyword.coverage)
 
-    def _keyword_is_confident(self, scores: FloatArray) -> bool:
-        """True when a task, not an out-of-scope profile, leads with ``high`` confidence."""
+    def _keyword_is_confident(self, scores: FloatArray, coverage: float) -> bool:
+        """True when a task, not an out-of-scope profile, leads with ``high`` confidence on a query
+        whose words the catalog mostly knows."""
         order = _ranking(scores)
-        if not self._is_task[order[0]]:
+        if not self._is_task[order[0]] or coverage < self.config.keyword_min_coverage:
             return False
         task_scores = scores[order[self._is_task[order]][:2]].tolist()
         lead = task_scores[0] - (task_scores[1] if len(task_scores) > 1 else 0.0)
@@ -175,7 +177,8 @@ class Matcher:
         task_scores = scored.scores[task_order].tolist()
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
         out_of_scope = best_unsupported >= cfg.medium_threshold and best_unsupported > task_scores[0]
-        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=not out_of_scope)
+        known_words = scored.matcher == "semantic" or scored.coverage >= cfg.keyword_min_coverage
+        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=not out_of_scope and known_words)
         candidates = tuple(
             TaskMatchCandidate(self._profiles[i].id, float(s), t)
             for i, s, t in zip(task_order[:top_k].tolist(), task_scores[:top_k], tiers, strict=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,25 @@ def test_precision_threshold_by_hand() -> None:
     assert metrics.precision_threshold(scores, correct, 0.97) == pytest.approx(0.75)
     assert metrics.precision_threshold(scores, correct, 0.75) == -math.inf
     assert metrics.precision_threshold([0.5], [False], 0.97) == math.inf
+
+
+def test_operating_curve_by_hand() -> None:
+    # PREDS by top score: 0.9 a right, 0.8 b wrong, 0.7 out-of-scope, 0.4 c right, 0.2 d wrong,
+    # 0.1 out-of-scope. Accuracy over 4 in-scope, OOS recall over 2 out-of-scope.
+    accuracy, recall = metrics.operating_curve(PREDS)
+    assert accuracy.tolist() == pytest.approx([0, 0.25, 0.25, 0.25, 0.5, 0.5, 0.5])
+    assert recall.tolist() == pytest.approx([1, 1, 1, 0.5, 0.5, 0.5, 0])
+    assert metrics.accuracy_at_oos_recall(PREDS, 1.0) == pytest.approx(0.25)
+    assert metrics.accuracy_at_oos_recall(PREDS, 0.5) == pytest.approx(0.5)
+    assert metrics.oos_recall_at_accuracy(PREDS, 0.5) == pytest.approx(0.5)
+    assert metrics.oos_recall_at_accuracy(PREDS, 0.25) == pytest.approx(1.0)
+    assert math.isnan(metrics.oos_recall_at_accuracy(PREDS, 0.75))
+    # an ineligible query is never accepted: the out-of-scope 0.7 one no longer costs recall
+    ruled_out = [replace(p, eligible=p.top_score != 0.7) for p in PREDS]
+    assert metrics.accuracy_at_oos_recall(ruled_out, 1.0) == pytest.approx(0.5)
+    # tied scores are accepted together
+    tied = [pred("a", ["a"], 0.5), pred(None, ["a"], 0.5)]
+    assert metrics.operating_curve(tied)[1].tolist() == [1.0, 0.0]
 
 
 def test_calibration_error_and_reliability_curve() -> None:

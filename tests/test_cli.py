@@ -114,6 +114,12 @@ def test_tune_writes_a_config_that_loads(tmp_path: Path) -> None:
     from matcher import MatcherConfig
 
     assert MatcherConfig.load(tmp_path / "cfg.json").tuning is not None
+    as_labelled = run("tune", str(labelled), "--out", str(tmp_path / "cfg2.json"), "--semantic", "off",
+                      "--catalog", str(tmp_path / "cat.yaml"), "--out-of-scope-share", "none")
+    assert as_labelled.returncode == 0, as_labelled.stderr
+    bad = run("tune", str(labelled), "--out", str(tmp_path / "cfg3.json"), "--out-of-scope-share", "1.5")
+    assert bad.returncode == 2
+    assert "expected a number in (0, 1) or 'none', got '1.5'" in bad.stderr
 
 
 @pytest.mark.skipif(shutil.which("task-matcher", path=str(Path(sys.executable).parent)) is None,

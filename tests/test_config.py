@@ -33,6 +33,7 @@ def test_round_trip_through_a_file(tmp_path: Path) -> None:
     ({"field_weights": FieldWeights(0, 0, 0, 0, 0, 0)}, "not all zero"),
     ({"fuzzy_cutoff": 101}, "fuzzy_cutoff"),
     ({"score_decimals": 0}, "score_decimals"),
+    ({"keyword_min_coverage": 1.2}, "keyword_min_coverage must be a number in [0, 1]"),
 ])
 def test_invalid_settings_are_rejected(changes: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

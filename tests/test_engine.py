@@ -99,6 +99,19 @@ def test_nothing_in_common_gives_no_match(default_keyword_matcher: Matcher) -> N
     assert "None of the request's words" in result.reasoning
 
 
+def test_one_known_word_among_unknown_ones_is_never_high(default_keyword_matcher: Matcher) -> None:
+    # "bar" is a strong keyword of chart-question-answering, but the catalog knows one word in
+    # three: the keyword path may rank that task first, never commit to it.
+    result = default_keyword_matcher.match("foo bar baz")
+    assert result.candidates[0].task_id == "chart-question-answering"
+    assert result.candidates[0].confidence != "high"
+    assert not result.matched
+    permissive = Matcher(default_keyword_matcher.catalog, semantic=False,
+                         config=default_keyword_matcher.config.with_changes(keyword_min_coverage=0.0))
+    assert permissive.match("foo bar baz").matched
+    assert default_keyword_matcher.match("answer questions about a bar chart").matched
+
+
 def test_a_typo_still_finds_the_task(default_keyword_matcher: Matcher) -> None:
     result = default_keyword_matcher.match("invoce parsing")
     assert result.candidates[0].task_id == "invoice-extraction"

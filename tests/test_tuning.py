@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 import matcher
 from matcher import MatcherConfig, UnknownTaskError
+from matcher.text import normalize
 from matcher.tuning import load_labelled
 
 from .conftest import REPO
@@ -64,6 +66,33 @@ def test_unknown_labels_and_too_little_data_are_errors() -> None:
         matcher.tune(catalog, [("bills", "invoice-extraction")] * 3, semantic=False)
     with pytest.raises(ValueError, match="target_precision"):
         matcher.tune(catalog, labelled_rows(), semantic=False, target_precision=1.5)
+    for share in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="out_of_scope_share must be in"):
+            matcher.tune(catalog, labelled_rows(), semantic=False, out_of_scope_share=share)
+
+
+def _out_of_scope_log_likelihood(config: MatcherConfig, rows: list[tuple[str, str | None]]) -> float:
+    """Sum over the out-of-scope rows of log P(no task), keyword path (no task = 1 - task scores)."""
+    engine = matcher.Matcher(matcher.default_catalog(), semantic=False, config=config)
+    is_task = engine._is_task
+    total = 0.0
+    for text, label in rows:
+        if label is None:
+            scores = engine._score(normalize(text)).scores
+            total += math.log(max(1.0 - float(scores[is_task].sum()), 1e-4))
+    return total
+
+
+def test_weighting_out_of_scope_queries_makes_no_match_likelier_for_them() -> None:
+    # Weighted maximum likelihood: the more weight the out-of-scope queries get, the likelier
+    # "no match" becomes for them at the optimum; None keeps the labelled share (14% here).
+    rows = labelled_rows()
+    catalog = matcher.default_catalog()
+    as_labelled = matcher.tune(catalog, rows, semantic=False, out_of_scope_share=None)
+    weighted = matcher.tune(catalog, rows, semantic=False, out_of_scope_share=0.6)
+    assert weighted.keyword_null_bias != as_labelled.keyword_null_bias
+    assert (_out_of_scope_log_likelihood(weighted, rows)
+            > _out_of_scope_log_likelihood(as_labelled, rows) + 1.0)
 
 
 def test_load_labelled_names_the_bad_line(tmp_path: Path) -> None:
