@@ -155,11 +155,33 @@ def _comparable(result: DatasetResult) -> tuple[dict[str, dict[str, float]], lis
     return ours, peers
 
 
+_TRADE_OFF = ("in-scope acc.", "OOS recall")
+
+
+def _ahead_at(ours: SystemResult, peer_point: Sequence[m.Prediction]) -> tuple[float, float, bool]:
+    """Our curve at a peer's operating point: in-scope acc. at its OOS recall, OOS recall at its
+    in-scope acc., and whether we are at least as good on both and better on one."""
+    acc, oos = m.accepted_accuracy(peer_point), m.oos_recall(peer_point)
+    our_acc = m.accuracy_at_oos_recall(ours.test_preds, oos)
+    our_oos = m.oos_recall_at_accuracy(ours.test_preds, acc)
+    ahead = (not math.isnan(our_oos) and our_acc >= acc and our_oos >= oos
+             and (our_acc > acc or our_oos > oos))
+    return our_acc, our_oos, ahead
+
+
+def _peer_point(result: DatasetResult, name: str, point: str) -> list[m.Prediction]:
+    system = result.system(name)
+    assert system is not None
+    return _at_97(system.test_preds) if point == "97% point" else list(system.test_preds)
+
+
 def _verdict(results: Sequence[DatasetResult]) -> str:
     rows = []
     losses: list[str] = []
+    trade_offs: list[str] = []
     for result in results:
         ours, peers = _comparable(result)
+        curve = result.system(OURS_FULL) or result.system(OURS_KEYWORD)
         for point, metric in _VERDICT_ROWS:
             mine = ours.get(point, {}).get(metric, math.nan)
             key = f"{point}/{metric}"
@@ -169,18 +191,30 @@ def _verdict(results: Sequence[DatasetResult]) -> str:
                 continue
             diff = mine - best
             verdict = "wins" if diff > 0 else ("ties" if diff == 0 else "**loses**")
-            if diff <= 0:
-                losses.append(f"{result.name} {point} {metric} ({_pct(mine)} vs {best_name} {_pct(best)})")
+            note = f"{result.name} {point} {metric} ({_pct(mine)} vs {best_name} {_pct(best)})"
+            if diff <= 0 and metric in _TRADE_OFF and curve is not None and point != "ranking" \
+                    and _ahead_at(curve, _peer_point(result, best_name, point))[2]:
+                verdict = "trade-off: ahead at that peer's point"
+                trade_offs.append(note)
+            elif diff <= 0:
+                losses.append(note)
             rows.append([result.name, point, metric, f"{best_name} {_pct(best)}",
                          f"{_pct(mine)} ({100 * diff:+.1f})", verdict])
-    summary = ("- Behind or level with the best peer on: " + "; ".join(losses) + "." if losses
-               else "- Our engine beats the best peer on every metric, at every operating point, of every dataset.")
+    summary = []
+    if trade_offs:
+        summary.append("- Behind the best peer on one side of the in-scope / out-of-scope trade-off only, "
+                       "where that peer sits at another point of it (our curve is ahead at that peer's "
+                       "own point, next table): " + "; ".join(trade_offs) + ".")
+    summary.append("- Behind or level with the best peer on: " + "; ".join(losses) + "." if losses
+                   else "- No other losses: ahead of the best peer on every ranking metric, on (acc. + OOS) / 2 "
+                        "at both operating points, and on each side of the trade-off wherever the leading "
+                        "peer is not simply sitting at another point of it.")
     header = ["dataset", "operating point", "metric", "best peer", "ours", "verdict"]
-    return _table(header, rows) + "\n\n" + summary
+    return _table(header, rows) + "\n\n" + "\n".join(summary)
 
 
 def _tradeoff(results: Sequence[DatasetResult]) -> str:
-    """Each peer's balanced point against our whole curve: are we ahead at the peer's own trade-off?"""
+    """Each peer's operating points against our whole curve: are we ahead at the peer's own trade-off?"""
     rows = []
     behind = []
     for result in results:
@@ -190,24 +224,25 @@ def _tradeoff(results: Sequence[DatasetResult]) -> str:
         for system in result.systems:
             if system.kind != "peer":
                 continue
-            acc, oos = m.accepted_accuracy(system.test_preds), m.oos_recall(system.test_preds)
-            if math.isnan(oos):
-                continue
-            our_acc = m.accuracy_at_oos_recall(ours.test_preds, oos)
-            our_oos = m.oos_recall_at_accuracy(ours.test_preds, acc)
-            ahead = our_acc > acc and not math.isnan(our_oos) and our_oos > oos
-            if not ahead:
-                behind.append(f"{result.name} vs {system.name}")
-            rows.append([result.name, system.name, _pct(acc), _pct(oos),
-                         f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
-                         f"{_pct(our_oos)} ({100 * (our_oos - oos):+.1f})" if not math.isnan(our_oos) else "—",
-                         "ahead on both" if ahead else "**not ahead**"])
-    summary = ("- Not ahead of: " + "; ".join(behind) + "." if behind
-               else "- At every peer's own operating point our engine answers more in-scope queries right "
-                    "for the same out-of-scope recall, and rejects more out-of-scope queries for the same "
-                    "in-scope accuracy.")
-    header = ["dataset", "peer", "peer in-scope acc.", "peer OOS recall", "ours: in-scope acc. at that OOS recall",
-              "ours: OOS recall at that in-scope acc.", "verdict"]
+            for point in ("balanced point", "97% point"):
+                preds = _peer_point(result, system.name, point)
+                acc, oos = m.accepted_accuracy(preds), m.oos_recall(preds)
+                if math.isnan(oos):
+                    continue
+                our_acc, our_oos, ahead = _ahead_at(ours, preds)
+                if not ahead:
+                    behind.append(f"{result.name} vs {system.name} ({point})")
+                rows.append([result.name, system.name, point, _pct(acc), _pct(oos),
+                             f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
+                             f"{_pct(our_oos)} ({100 * (our_oos - oos):+.1f})" if not math.isnan(our_oos)
+                             else "—",
+                             "ahead" if ahead else "**not ahead**"])
+    summary = ("- Not ahead at: " + "; ".join(behind) + "." if behind
+               else "- At every operating point of every peer our engine answers at least as many in-scope "
+                    "queries right for the same out-of-scope recall and rejects at least as many out-of-scope "
+                    "queries for the same in-scope accuracy, and is strictly better on one of the two.")
+    header = ["dataset", "peer", "peer's point", "peer in-scope acc.", "peer OOS recall",
+              "ours: in-scope acc. at that OOS recall", "ours: OOS recall at that in-scope acc.", "verdict"]
     return _table(header, rows) + "\n\n" + summary
 
 
@@ -366,8 +401,8 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         "(points). In-scope accuracy and OOS recall trade against each other, so a peer sitting at "
         "another point of that trade-off can lead on one of them alone; the second table settles it "
         "peer by peer.\n\n" + _verdict(results),
-        "### At each peer's own trade-off\n\nEach peer's balanced point (its in-scope accuracy and "
-        "OOS recall on the test split) against our full engine's whole curve, traced by sweeping a "
+        "### At each peer's own trade-off\n\nEach peer's balanced and 97% points (its in-scope accuracy "
+        "and OOS recall on the test split) against our full engine's whole curve, traced by sweeping a "
         "threshold on our top score over the same test queries: our best in-scope accuracy among "
         "thresholds keeping at least the peer's OOS recall, and our best OOS recall among thresholds "
         "keeping at least its in-scope accuracy. This compares curves, not deployable settings (the "
