@@ -407,7 +407,10 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         "thresholds keeping at least the peer's OOS recall, and our best OOS recall among thresholds "
         "keeping at least its in-scope accuracy. This compares curves, not deployable settings (the "
         "threshold is read off the test split); the tables above use thresholds from the tuning split "
-        "only.\n\n" + _tradeoff(results),
+        "only. Our top score estimates the probability that the answer is right, so it also marks down "
+        "in-scope queries torn between two tasks; a bare similarity threshold does not, which can keep "
+        "more in-scope answers at the end of the curve where almost no out-of-scope query may "
+        "pass.\n\n" + _tradeoff(results),
         "## Confidence tiers, calibration, ambiguity, semantic share (test splits)\n\n"
         "Precision: share of the tier's answers whose top task is right (out-of-scope queries are never "
         "right); coverage: share of all test queries in the tier. Target: `high` right at least 97% "

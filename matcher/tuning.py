@@ -68,11 +68,13 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     right at least `target_precision` of the time, and the ``medium`` threshold. The returned
     config's `tuning` holds precision and recall at that operating point, per task too.
 
-    `out_of_scope_share` is the weight of the out-of-scope queries in the calibration fit, as a
-    share of the total: at the default 0.25 they count as a quarter of all queries however few
-    of them are labelled, so a handful of out-of-scope examples still shapes the "no match"
-    option (0.25 beat 0.5 and the labelled proportions in two-fold cross-validation on the
-    tuning splits of the benchmark datasets). ``None`` keeps the labelled proportions.
+    `out_of_scope_share` is the weight of the out-of-scope queries, as a share of the total, in
+    the calibration fit and in the precision that the thresholds must reach: at the default 0.25
+    they count as a quarter of all queries however few of them are labelled, so a handful of
+    out-of-scope examples still shapes the "no match" option and a false match on one of them
+    weighs on ``high`` as it would in traffic where one request in four is out of scope (0.25
+    beat 0.5 and the labelled proportions in two-fold cross-validation on the tuning splits of
+    the benchmark datasets). ``None`` keeps the labelled proportions.
     """
     base = base if base is not None else MatcherConfig()
     pairs = [(text, label) for text, label in labelled]
@@ -134,10 +136,12 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
                                     coverage=coverage, decimals=base.score_decimals)
         semantic_path = _reduce(semantic_scores, labels, is_task, np.ones(len(pairs), dtype=bool))
 
-    config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision)
+    config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
+                             weights_per_query)
     decisions = _decide(config, keyword_path, semantic_path)
-    right = int((decisions.matched & decisions.correct & in_scope).sum())
-    target_met = _precision_lower_bound(right, int(decisions.matched.sum())) >= target_precision
+    right = float(weights_per_query[decisions.matched & decisions.correct & in_scope].sum())
+    answered = float(weights_per_query[decisions.matched].sum())
+    target_met = _precision_lower_bound(right, answered) >= target_precision
     if not target_met:
         warnings.warn(
             f"no setting reaches {target_precision:.0%} precision for high answers on these labelled "
@@ -325,7 +329,7 @@ def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None) -> _D
     return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
 
 
-def _precision_lower_bound(right: int, answered: int, z: float = 1.645) -> float:
+def _precision_lower_bound(right: float, answered: float, z: float = 1.645) -> float:
     """Wilson score lower bound of precision: a target met by it tends to hold on unseen queries."""
     if answered == 0:
         return 0.0
@@ -337,12 +341,13 @@ def _precision_lower_bound(right: int, answered: int, z: float = 1.645) -> float
 
 
 def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
-                    in_scope: BoolArray, target: float) -> MatcherConfig:
+                    in_scope: BoolArray, target: float, weights: FloatArray) -> MatcherConfig:
     """Pick (fallback, high, margin) answering most queries right at `target` precision, then medium.
 
     Precision is judged by its one-sided 95% Wilson lower bound (z = 1.645, chosen by two-fold
     cross-validation on the tuning split), so a target reached on the tuning queries is not an
-    artefact of a few lucky answers; if no setting reaches it, the most
+    artefact of a few lucky answers, with each query weighted as in the calibration fit, so a
+    false match on an out-of-scope query costs what `out_of_scope_share` says; if no setting reaches it, the most
     precise one wins. Ties go to the stricter threshold and margin and to the lower fallback
     threshold, which leaves more queries to the fast keyword path.
 
@@ -358,8 +363,8 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
                                 ambiguity_margin=margin, fallback_threshold=fallback,
                                 medium_threshold=min(config.medium_threshold, high))
             d = _decide(candidate, keyword, semantic)
-            answered = int(d.matched.sum())
-            right = int((d.matched & d.correct & in_scope).sum())
+            answered = float(weights[d.matched].sum())
+            right = float(weights[d.matched & d.correct & in_scope].sum())
             precision = _precision_lower_bound(right, answered)
             meets = precision >= target
             key = (float(meets), right if meets else precision, high, margin, -fallback)
