@@ -34,6 +34,7 @@ __all__ = [
     "TierStats",
     "accepted_accuracy",
     "accuracy_at_oos_recall",
+    "accuracy_at_precision",
     "ambiguity_rate",
     "balanced_threshold",
     "confused_pairs",
@@ -44,6 +45,8 @@ __all__ = [
     "operating_curve",
     "path_share",
     "per_task_scores",
+    "precision_at_accuracy",
+    "precision_curve",
     "precision_threshold",
     "recall_at_k",
     "reliability_curve",
@@ -277,26 +280,36 @@ def precision_threshold(scores: Sequence[float], correct: Sequence[bool], target
     return best
 
 
+def _sweep(preds: Sequence[Prediction]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64],
+                                                 npt.NDArray[np.float64], int, int]:
+    """Right answers, accepted out-of-scope queries and all accepted queries at every threshold.
+
+    Point i accepts the eligible queries whose top score is at least the i-th highest distinct
+    score; point 0 accepts nothing. Tied scores are accepted together. Also returns N_in, N_oos.
+    """
+    scores = np.asarray([p.top_score for p in preds], dtype=np.float64)
+    eligible = np.asarray([p.eligible for p in preds], dtype=bool)
+    in_scope = np.asarray([p.gold is not None for p in preds], dtype=bool)
+    right = np.asarray([p.correct for p in preds], dtype=bool)
+    cand = scores[eligible]
+    order = np.argsort(-cand, kind="stable")
+    values = np.unique(cand)[::-1]
+    ends = np.searchsorted(-cand[order], -values, side="right")
+    hits = np.concatenate([[0], np.cumsum(right[eligible][order])])[ends]
+    taken_oos = np.concatenate([[0], np.cumsum((~in_scope)[eligible][order])])[ends]
+    zero = np.zeros(1)
+    return (np.concatenate([zero, hits]).astype(np.float64), np.concatenate([zero, taken_oos]).astype(np.float64),
+            np.concatenate([zero, ends]).astype(np.float64), int(in_scope.sum()), int((~in_scope).sum()))
+
+
 def operating_curve(preds: Sequence[Prediction]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """In-scope accuracy and out-of-scope recall at every threshold on the top score.
 
     Point i accepts the eligible queries whose top score is at least the i-th highest distinct
     score; point 0 accepts nothing (accuracy 0, OOS recall 1). Tied scores are accepted together.
     """
-    scores = np.asarray([p.top_score for p in preds], dtype=np.float64)
-    eligible = np.asarray([p.eligible for p in preds], dtype=bool)
-    in_scope = np.asarray([p.gold is not None for p in preds], dtype=bool)
-    right = np.asarray([p.correct for p in preds], dtype=bool)
-    n_in, n_oos = max(int(in_scope.sum()), 1), max(int((~in_scope).sum()), 1)
-    cand = scores[eligible]
-    order = np.argsort(-cand, kind="stable")
-    values = np.unique(cand)[::-1]
-    ends = np.searchsorted(-cand[order], -values, side="right")
-    hits = np.concatenate([[0], np.cumsum(right[eligible][order])])[ends]
-    taken = np.concatenate([[0], np.cumsum((~in_scope)[eligible][order])])[ends]
-    accuracy = np.concatenate([[0.0], hits / n_in])
-    recall = np.concatenate([[1.0], 1.0 - taken / n_oos])
-    return accuracy, recall
+    hits, taken_oos, _, n_in, n_oos = _sweep(preds)
+    return hits / max(n_in, 1), 1.0 - taken_oos / max(n_oos, 1)
 
 
 def accuracy_at_oos_recall(preds: Sequence[Prediction], target: float) -> float:
@@ -310,6 +323,31 @@ def oos_recall_at_accuracy(preds: Sequence[Prediction], target: float) -> float:
     (NaN when no threshold reaches it)."""
     accuracy, recall = operating_curve(preds)
     reached = recall[accuracy >= target - 1e-12]
+    return float(reached.max()) if len(reached) else math.nan
+
+
+def precision_curve(preds: Sequence[Prediction]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Precision of the accepted answers and in-scope accuracy at every threshold (as `operating_curve`).
+
+    Point 0 accepts nothing; its precision is NaN.
+    """
+    hits, _, taken, n_in, _ = _sweep(preds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(taken > 0, hits / np.maximum(taken, 1), math.nan)
+    return precision, hits / max(n_in, 1)
+
+
+def accuracy_at_precision(preds: Sequence[Prediction], target: float) -> float:
+    """Best in-scope accuracy over the thresholds whose answers are right at least `target` of the time."""
+    precision, accuracy = precision_curve(preds)
+    reached = accuracy[np.nan_to_num(precision, nan=-1.0) >= target - 1e-12]
+    return float(reached.max()) if len(reached) else 0.0
+
+
+def precision_at_accuracy(preds: Sequence[Prediction], target: float) -> float:
+    """Best precision over the thresholds whose in-scope accuracy is at least `target` (NaN if none)."""
+    precision, accuracy = precision_curve(preds)
+    reached = precision[(accuracy >= target - 1e-12) & ~np.isnan(precision)]
     return float(reached.max()) if len(reached) else math.nan
 
 

@@ -246,6 +246,44 @@ def _tradeoff(results: Sequence[DatasetResult]) -> str:
     return _table(header, rows) + "\n\n" + summary
 
 
+def _precision_terms(results: Sequence[DatasetResult]) -> str:
+    """Each peer's 97% point in the terms that define it: precision, and in-scope queries answered right."""
+    rows = []
+    behind = []
+    for result in results:
+        ours = result.system(OURS_FULL) or result.system(OURS_KEYWORD)
+        if ours is None:
+            continue
+        for system in result.systems:
+            if system.kind != "peer":
+                continue
+            preds = _at_97(system.test_preds)
+            answered = sum(p.accepted for p in preds)
+            if not answered:
+                rows.append([result.name, system.name, "—", "0.0", "—", "—", "answers nothing"])
+                continue
+            precision = sum(p.accepted and p.correct for p in preds) / answered
+            acc = m.accepted_accuracy(preds)
+            our_acc = m.accuracy_at_precision(ours.test_preds, precision)
+            our_precision = m.precision_at_accuracy(ours.test_preds, acc)
+            ahead = (not math.isnan(our_precision) and our_acc >= acc and our_precision >= precision
+                     and (our_acc > acc or our_precision > precision))
+            if not ahead:
+                behind.append(f"{result.name} vs {system.name}")
+            rows.append([result.name, system.name, _pct(precision), _pct(acc),
+                         f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
+                         f"{_pct(our_precision)} ({100 * (our_precision - precision):+.1f})"
+                         if not math.isnan(our_precision) else "—",
+                         "ahead" if ahead else "**not ahead**"])
+    summary = ("- Not ahead at: " + "; ".join(behind) + "." if behind
+               else "- At every peer's 97% point our engine answers at least as many in-scope queries right "
+                    "at the same precision, and is at least as precise for the same number of right answers, "
+                    "strictly better on one of the two.")
+    header = ["dataset", "peer", "peer precision", "peer in-scope acc.", "ours: in-scope acc. at that precision",
+              "ours: precision at that in-scope acc.", "verdict"]
+    return _table(header, rows) + "\n\n" + summary
+
+
 def _tiers(result: DatasetResult) -> str:
     header = ["system", "tier", "answers", "right", "precision", "coverage"]
     rows = []
@@ -411,6 +449,12 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         "in-scope queries torn between two tasks; a bare similarity threshold does not, which can keep "
         "more in-scope answers at the end of the curve where almost no out-of-scope query may "
         "pass.\n\n" + _tradeoff(results),
+        "### At each peer's 97% point, in precision terms\n\nThe 97% point is defined by precision (the "
+        "share of committed answers that are right, out-of-scope queries counting as wrong), so here is "
+        "each peer's 97% point on the test split against our full engine's precision curve, traced the same "
+        "way: our best in-scope accuracy among thresholds at least as precise as the peer, and our best "
+        "precision among thresholds answering at least as many in-scope queries right.\n\n"
+        + _precision_terms(results),
         "## Confidence tiers, calibration, ambiguity, semantic share (test splits)\n\n"
         "Precision: share of the tier's answers whose top task is right (out-of-scope queries are never "
         "right); coverage: share of all test queries in the tier. Target: `high` right at least 97% "

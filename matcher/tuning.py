@@ -152,6 +152,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     report.update({
         "target_precision": target_precision,
         "target_met": bool(target_met),
+        "out_of_scope_share": out_of_scope_share,
         "queries": len(pairs),
         "in_scope": int(in_scope.sum()),
         "out_of_scope": int((~in_scope).sum()),

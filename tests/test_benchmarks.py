@@ -145,6 +145,20 @@ def test_operating_curve_by_hand() -> None:
     assert metrics.operating_curve(tied)[1].tolist() == [1.0, 0.0]
 
 
+def test_precision_curve_by_hand() -> None:
+    # PREDS by top score: 0.9 right, 0.8 wrong, 0.7 out-of-scope, 0.4 right, 0.2 wrong, 0.1 OOS.
+    precision, accuracy = metrics.precision_curve(PREDS)
+    assert math.isnan(precision[0])
+    assert precision[1:].tolist() == pytest.approx([1, 1 / 2, 1 / 3, 2 / 4, 2 / 5, 2 / 6])
+    assert accuracy.tolist() == pytest.approx([0, 0.25, 0.25, 0.25, 0.5, 0.5, 0.5])
+    assert metrics.accuracy_at_precision(PREDS, 0.97) == pytest.approx(0.25)
+    assert metrics.accuracy_at_precision(PREDS, 0.5) == pytest.approx(0.5)
+    assert metrics.precision_at_accuracy(PREDS, 0.5) == pytest.approx(0.5)
+    assert metrics.precision_at_accuracy(PREDS, 0.25) == pytest.approx(1.0)
+    assert math.isnan(metrics.precision_at_accuracy(PREDS, 0.75))
+    assert metrics.accuracy_at_precision([pred(None, ["a"], 0.9)], 0.97) == 0.0
+
+
 def test_calibration_error_and_reliability_curve() -> None:
     # one bin [0.9, 1.0): mean score 0.95, half right -> |0.95 - 0.5| = 0.45
     assert metrics.expected_calibration_error([0.95, 0.95], [True, False]) == pytest.approx(0.45)

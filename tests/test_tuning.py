@@ -33,6 +33,7 @@ def test_tune_is_deterministic_and_reports_per_task() -> None:
     assert 0.0 < report["precision_high"] <= 1.0
     assert 0.0 < report["recall_high"] <= 1.0
     assert report["queries"] == len(rows)
+    assert report["out_of_scope_share"] == 0.25
     per_task = report["per_task"]
     assert set(per_task) >= {label for _, label in rows if label}
     assert all(0.0 <= v["recall"] <= 1.0 for v in per_task.values() if v["recall"] is not None)
