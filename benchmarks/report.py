@@ -158,15 +158,30 @@ def _comparable(result: DatasetResult) -> tuple[dict[str, dict[str, float]], lis
 _TRADE_OFF = ("in-scope acc.", "OOS recall")
 
 
+def _dominates(ours: tuple[float, float], theirs: tuple[float, float]) -> bool:
+    """At least as good on both figures and better on one (NaN never dominates)."""
+    if any(math.isnan(v) for v in ours):
+        return False
+    return all(o >= t for o, t in zip(ours, theirs, strict=True)) and ours != theirs
+
+
 def _ahead_at(ours: SystemResult, peer_point: Sequence[m.Prediction]) -> tuple[float, float, bool]:
     """Our curve at a peer's operating point: in-scope acc. at its OOS recall, OOS recall at its
     in-scope acc., and whether we are at least as good on both and better on one."""
     acc, oos = m.accepted_accuracy(peer_point), m.oos_recall(peer_point)
     our_acc = m.accuracy_at_oos_recall(ours.test_preds, oos)
     our_oos = m.oos_recall_at_accuracy(ours.test_preds, acc)
-    ahead = (not math.isnan(our_oos) and our_acc >= acc and our_oos >= oos
-             and (our_acc > acc or our_oos > oos))
-    return our_acc, our_oos, ahead
+    return our_acc, our_oos, _dominates((our_acc, our_oos), (acc, oos))
+
+
+def _peer_runs(results: Sequence[DatasetResult]) -> list[tuple[DatasetResult, SystemResult, SystemResult]]:
+    """(dataset, our full engine or keyword-only, peer) for every peer of every dataset."""
+    runs: list[tuple[DatasetResult, SystemResult, SystemResult]] = []
+    for result in results:
+        ours = result.system(OURS_FULL) or result.system(OURS_KEYWORD)
+        if ours is not None:
+            runs.extend((result, ours, system) for system in result.systems if system.kind == "peer")
+    return runs
 
 
 def _peer_point(result: DatasetResult, name: str, point: str) -> list[m.Prediction]:
@@ -217,26 +232,19 @@ def _tradeoff(results: Sequence[DatasetResult]) -> str:
     """Each peer's operating points against our whole curve: are we ahead at the peer's own trade-off?"""
     rows = []
     behind = []
-    for result in results:
-        ours = result.system(OURS_FULL) or result.system(OURS_KEYWORD)
-        if ours is None:
-            continue
-        for system in result.systems:
-            if system.kind != "peer":
+    for result, ours, system in _peer_runs(results):
+        for point in ("balanced point", "97% point"):
+            preds = _peer_point(result, system.name, point)
+            acc, oos = m.accepted_accuracy(preds), m.oos_recall(preds)
+            if math.isnan(oos):
                 continue
-            for point in ("balanced point", "97% point"):
-                preds = _peer_point(result, system.name, point)
-                acc, oos = m.accepted_accuracy(preds), m.oos_recall(preds)
-                if math.isnan(oos):
-                    continue
-                our_acc, our_oos, ahead = _ahead_at(ours, preds)
-                if not ahead:
-                    behind.append(f"{result.name} vs {system.name} ({point})")
-                rows.append([result.name, system.name, point, _pct(acc), _pct(oos),
-                             f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
-                             f"{_pct(our_oos)} ({100 * (our_oos - oos):+.1f})" if not math.isnan(our_oos)
-                             else "—",
-                             "ahead" if ahead else "**not ahead**"])
+            our_acc, our_oos, ahead = _ahead_at(ours, preds)
+            if not ahead:
+                behind.append(f"{result.name} vs {system.name} ({point})")
+            rows.append([result.name, system.name, point, _pct(acc), _pct(oos),
+                         f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
+                         f"{_pct(our_oos)} ({100 * (our_oos - oos):+.1f})" if not math.isnan(our_oos) else "—",
+                         "ahead" if ahead else "**not ahead**"])
     summary = ("- Not ahead at: " + "; ".join(behind) + "." if behind
                else "- At every operating point of every peer our engine answers at least as many in-scope "
                     "queries right for the same out-of-scope recall and rejects at least as many out-of-scope "
@@ -250,31 +258,24 @@ def _precision_terms(results: Sequence[DatasetResult]) -> str:
     """Each peer's 97% point in the terms that define it: precision, and in-scope queries answered right."""
     rows = []
     behind = []
-    for result in results:
-        ours = result.system(OURS_FULL) or result.system(OURS_KEYWORD)
-        if ours is None:
+    for result, ours, system in _peer_runs(results):
+        preds = _at_97(system.test_preds)
+        answered = sum(p.accepted for p in preds)
+        if not answered:
+            rows.append([result.name, system.name, "—", "0.0", "—", "—", "answers nothing"])
             continue
-        for system in result.systems:
-            if system.kind != "peer":
-                continue
-            preds = _at_97(system.test_preds)
-            answered = sum(p.accepted for p in preds)
-            if not answered:
-                rows.append([result.name, system.name, "—", "0.0", "—", "—", "answers nothing"])
-                continue
-            precision = sum(p.accepted and p.correct for p in preds) / answered
-            acc = m.accepted_accuracy(preds)
-            our_acc = m.accuracy_at_precision(ours.test_preds, precision)
-            our_precision = m.precision_at_accuracy(ours.test_preds, acc)
-            ahead = (not math.isnan(our_precision) and our_acc >= acc and our_precision >= precision
-                     and (our_acc > acc or our_precision > precision))
-            if not ahead:
-                behind.append(f"{result.name} vs {system.name}")
-            rows.append([result.name, system.name, _pct(precision), _pct(acc),
-                         f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
-                         f"{_pct(our_precision)} ({100 * (our_precision - precision):+.1f})"
-                         if not math.isnan(our_precision) else "—",
-                         "ahead" if ahead else "**not ahead**"])
+        precision = sum(p.accepted and p.correct for p in preds) / answered
+        acc = m.accepted_accuracy(preds)
+        our_acc = m.accuracy_at_precision(ours.test_preds, precision)
+        our_precision = m.precision_at_accuracy(ours.test_preds, acc)
+        ahead = _dominates((our_acc, our_precision), (acc, precision))
+        if not ahead:
+            behind.append(f"{result.name} vs {system.name}")
+        rows.append([result.name, system.name, _pct(precision), _pct(acc),
+                     f"{_pct(our_acc)} ({100 * (our_acc - acc):+.1f})",
+                     f"{_pct(our_precision)} ({100 * (our_precision - precision):+.1f})"
+                     if not math.isnan(our_precision) else "—",
+                     "ahead" if ahead else "**not ahead**"])
     summary = ("- Not ahead at: " + "; ".join(behind) + "." if behind
                else "- At every peer's 97% point our engine answers at least as many in-scope queries right "
                     "at the same precision, and is at least as precise for the same number of right answers, "
