@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--target-precision", type=float, default=0.97,
                       help="share of high answers that must be right on the labelled data")
     tune.add_argument("--out-of-scope-share", type=_share, default=0.25, metavar="SHARE",
-                      help="weight of the out-of-scope queries in the calibration fit, as a share of all "
-                           "queries (default 0.25); 'none' keeps the labelled proportions")
+                      help="weight of the out-of-scope queries, as a share of all queries, in the calibration "
+                           "fit and the precision of high answers (default 0.25); 'none' keeps the labelled "
+                           "proportions")
     _catalog_options(tune)
     sub.add_parser("serve", help="run the HTTP API (see task-matcher serve --help)", add_help=False)
     conf = sub.add_parser("confusability", help="task pairs whose profiles overlap, and the phrases causing it")
