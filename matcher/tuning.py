@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import warnings
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 _WEIGHT_VALUES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 _FUSION_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
@@ -41,6 +43,12 @@ _THRESHOLDS = (*(round(0.3 + 0.025 * i, 3) for i in range(28)), 0.99)
 _MARGINS = tuple(round(0.025 * i, 3) for i in range(13))
 _MEDIUM_PRECISION = 0.5
 _MIN_IN_SCOPE = 10
+_CALIBRATION_BOUNDS = ((0.5, 200.0), (-50.0, 50.0), (-50.0, 50.0))
+_CALIBRATION_STEPS = (0.1, 0.02, 0.02)
+"""Grid of (slope, null bias, null coverage weight): far coarser than any CPU's rounding noise,
+far finer than a change that moves a decision (a slope step of 0.1 moves a score by < 0.002)."""
+_GRID_TOLERANCE = 1e-9
+_LABELLED_KEYS = frozenset({"text", "task_id", "style", "kind", "note"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     semantic_path: _Path | None = None
     semantic_index = matcher._semantic_index()
     if semantic_index is not None:
-        vectors = semantic_index.encode(list(_progress(texts, progress, "embeddings")))
+        vectors = np.vstack([semantic_index.encode([text]) for text in _progress(texts, progress, "embeddings")])
         centroid, best = semantic_index.components(vectors)
         centroid_weight, fusion = _fit_fusion(semantic_index.mix, centroid, best, keyword_raw,
                                               labels, is_task)
@@ -137,7 +145,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
         semantic_path = _reduce(semantic_scores, labels, is_task, np.ones(len(pairs), dtype=bool))
 
     config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
-                             weights_per_query)
+                             weights_per_query, progress=progress)
     decisions = _decide(config, keyword_path, semantic_path)
     right = float(weights_per_query[decisions.matched & decisions.correct & in_scope].sum())
     answered = float(weights_per_query[decisions.matched].sum())
@@ -163,32 +171,54 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
 
 
 def load_labelled(path: str | Path) -> list[tuple[str, str | None]]:
-    """Read labelled queries from JSON lines: {"text": ..., "task_id": id or null} per line."""
-    pairs: list[tuple[str, str | None]] = []
+    """Read labelled queries from JSON lines: {"text": ..., "task_id": id or null} per line.
+
+    Both keys are required (an out-of-scope query says ``"task_id": null``) and unknown keys are
+    errors, so a misspelt ``"label"`` cannot silently turn a row into an out-of-scope query.
+    ``style``, ``kind`` and ``note`` may describe a row; they are not used for tuning.
+    """
     source = Path(path)
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{source}: cannot read labelled queries: {reason}") from None
+    pairs: list[tuple[str, str | None]] = []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        where = f"{source}:{number}"
         try:
             row = json.loads(line)
-            text, label = row["text"], row.get("task_id")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"{source}:{number}: expected {{\"text\": ..., \"task_id\": ...}}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f'{where}: expected an object {{"text": ..., "task_id": ...}}, '
+                             f"got {type(row).__name__}")
+        unknown = sorted(set(row) - _LABELLED_KEYS)
+        missing = sorted({"text", "task_id"} - set(row))
+        if unknown or missing:
+            problems = [f"unknown key(s) {unknown}" if unknown else "",
+                        f"missing key(s) {missing}" if missing else ""]
+            raise ValueError(f"{where}: {'; '.join(p for p in problems if p)}; a row is "
+                             '{"text": ..., "task_id": id or null} (optional: style, kind, note)')
+        text, label = row["text"], row["task_id"]
         if not isinstance(text, str) or not (label is None or isinstance(label, str)):
-            raise ValueError(f"{source}:{number}: text must be a string and task_id a string or null")
+            raise ValueError(f"{where}: text must be a string and task_id a string or null")
         pairs.append((text, label))
     return pairs
 
 
-def _progress(items: list[T], enabled: bool, label: str) -> Iterator[T]:
+def _progress(items: list[T], enabled: bool, label: str, *, unit: str = "query") -> Iterator[T]:
+    """`items`, with a tqdm bar on stderr when enabled and installed; each item is a unit of real work."""
+    _log.info("tune: %s (%d %ss)", label, len(items), unit)
     if enabled:
         try:
             from tqdm import tqdm
         except ImportError:
             pass
         else:
-            yield from tqdm(items, desc=label, unit="query")
+            yield from tqdm(items, desc=label, unit=unit)
             return
     yield from items
 
@@ -279,10 +309,38 @@ def _fit_calibration(raw: FloatArray, coverage: FloatArray, labels: IntArray, is
         return float(np.sum(weights * (log_total - log_right)) / weights.sum())
 
     result = minimize(loss, np.asarray(start, dtype=np.float64), method="L-BFGS-B",
-                      bounds=[(0.5, 200.0), (-50.0, 50.0), (-50.0, 50.0)])
+                      bounds=_CALIBRATION_BOUNDS)
     if not result.success and not np.isfinite(result.fun):
         return start
-    slope, bias, weight = (round(float(v), 4) for v in result.x)
+    return _settle_on_grid(loss, result.x)
+
+
+def _settle_on_grid(loss: Any, optimum: FloatArray) -> tuple[float, float, float]:
+    """Round an optimum to the calibration grid, then walk downhill on the grid until no neighbour is lower.
+
+    L-BFGS's last digits depend on the CPU's floating-point kernels; a grid point reached by
+    steepest descent over the 26 neighbours does not, because a step is taken only when it lowers
+    the loss by more than `_GRID_TOLERANCE` and near-ties go to the first neighbour in a fixed order.
+    """
+    steps = np.asarray(_CALIBRATION_STEPS)
+    low = np.asarray([b[0] for b in _CALIBRATION_BOUNDS])
+    high = np.asarray([b[1] for b in _CALIBRATION_BOUNDS])
+
+    def at(point: IntArray) -> float:
+        return float(loss(np.clip(point * steps, low, high)))
+
+    point = np.round(np.clip(optimum, low, high) / steps).astype(np.int64)
+    current = at(point)
+    moves = [np.asarray(move, dtype=np.int64) for move in itertools.product((-1, 0, 1), repeat=3) if any(move)]
+    for _ in range(10_000):
+        tolerance = _GRID_TOLERANCE * max(1.0, abs(current))
+        lower = [(at(point + move), point + move) for move in moves]
+        lower = [(value, p) for value, p in lower if value < current - tolerance]
+        if not lower:
+            break
+        lowest = min(value for value, _ in lower)
+        current, point = next((value, p) for value, p in lower if value <= lowest + tolerance)
+    slope, bias, weight = (round(float(v), 4) for v in np.clip(point * steps, low, high))
     return slope, bias, weight
 
 
@@ -342,7 +400,8 @@ def _precision_lower_bound(right: float, answered: float, z: float = 1.645) -> f
 
 
 def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
-                    in_scope: BoolArray, target: float, weights: FloatArray) -> MatcherConfig:
+                    in_scope: BoolArray, target: float, weights: FloatArray, *,
+                    progress: bool = False) -> MatcherConfig:
     """Pick (fallback, high, margin) answering most queries right at `target` precision, then medium.
 
     Precision is judged by its one-sided 95% Wilson lower bound (z = 1.645, chosen by two-fold
@@ -358,7 +417,8 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
     best_key: tuple[float, ...] | None = None
     chosen = config
     fallbacks = (*_THRESHOLDS, 1.0) if semantic is not None else (config.fallback_threshold,)
-    for high, margin in itertools.product(_THRESHOLDS, _MARGINS):
+    grid = list(itertools.product(_THRESHOLDS, _MARGINS))
+    for high, margin in _progress(grid, progress, "thresholds", unit="setting"):
         for fallback in (f for f in fallbacks if f >= high):
             candidate = replace(config, high_threshold=high, high_margin=margin,
                                 ambiguity_margin=margin, fallback_threshold=fallback,
