@@ -135,6 +135,11 @@ class Matcher:
         normalized = normalize(query)
         if not normalized:
             raise QueryError("query is empty or whitespace-only: describe the job to match")
+        if len(normalized) > 2 * self.config.max_query_chars:
+            raise QueryError(
+                f"query expands to {len(normalized):,} characters under Unicode normalization (NFKC); "
+                f"the limit is {2 * self.config.max_query_chars:,}: send plain text"
+            )
         return normalized
 
     def _score(self, normalized: str) -> _Scored:

@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,9 @@ __all__ = ["SIGNALS", "KeywordIndex", "KeywordScores", "combine", "word_terms"]
 
 _FIELDS = ("title", "description", "keywords", "phrases")
 _MAX_REPAIRED_WORDS = 32
+_MAX_FUZZY_LOOKUPS = 64
+_MAX_FUZZY_WORD = 40
+_FUZZY_CACHE_SIZE = 8192
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -135,7 +139,14 @@ class KeywordIndex:
 
         surface = {tok for f in fields for text in f.values() for tok in tokenize(text)}
         self._surface_vocab = sorted(tok for tok in surface if tok not in STOP_WORDS and tok.isalpha())
+        self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
         self._n = n
+
+    def _closest_word_uncached(self, token: str) -> tuple[str, float] | None:
+        """The catalog word nearest `token` by pinned `fuzz.ratio` (no processor), if above the cutoff."""
+        hit = process.extractOne(token, self._surface_vocab, scorer=fuzz.ratio, processor=None,
+                                 score_cutoff=self._fuzzy_cutoff)
+        return None if hit is None else (str(hit[0]), round(float(hit[1]), 2))
 
     def _keyword_matrix(self, profiles: Sequence[Task]) -> sp.csr_matrix:
         rows, cols, vals = [], [], []
@@ -157,19 +168,25 @@ class KeywordIndex:
         return sp.csr_matrix((vals, (rows, cols)), shape=(len(profiles), len(self._vocab)))
 
     def _repair(self, normalized: str) -> tuple[str, tuple[FuzzyCorrection, ...]]:
-        """Replace out-of-vocabulary words with their closest catalog word, when close enough."""
+        """Replace out-of-vocabulary words with their closest catalog word, when close enough.
+
+        The work is bounded whatever the query: each distinct word is looked up once, at most
+        `_MAX_FUZZY_LOOKUPS` words per query, none longer than `_MAX_FUZZY_WORD`, and lookups
+        (misses included) are cached across queries.
+        """
         tokens = tokenize(normalized)
         fixes: dict[str, FuzzyCorrection] = {}
+        seen: set[str] = set()
         for tok in tokens:
-            if len(fixes) >= _MAX_REPAIRED_WORDS:
+            if len(fixes) >= _MAX_REPAIRED_WORDS or len(seen) >= _MAX_FUZZY_LOOKUPS:
                 break
-            if (tok in fixes or tok in STOP_WORDS or len(tok) < self._fuzzy_min_length
+            if (tok in seen or tok in STOP_WORDS or not self._fuzzy_min_length <= len(tok) <= _MAX_FUZZY_WORD
                     or not tok.isalpha() or stem(tok) in self._vocab):
                 continue
-            hit = process.extractOne(tok, self._surface_vocab, scorer=fuzz.ratio, processor=None,
-                                     score_cutoff=self._fuzzy_cutoff)
+            seen.add(tok)
+            hit = self._closest_word(tok)
             if hit is not None:
-                fixes[tok] = FuzzyCorrection(tok, str(hit[0]), round(float(hit[1]), 2))
+                fixes[tok] = FuzzyCorrection(tok, hit[0], hit[1])
         if not fixes:
             return normalized, ()
         repaired = " ".join(fixes[tok].corrected if tok in fixes else tok for tok in tokens)

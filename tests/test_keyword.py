@@ -66,3 +66,31 @@ def test_coverage_counts_known_content_words(index: KeywordIndex) -> None:
     assert index.coverage("invoice totals") == 1.0
     assert index.coverage("foo invoice") == 0.5
     assert index.coverage("the and of") == 0.0
+
+
+def test_fuzzy_repair_work_is_bounded_per_query(index: KeywordIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matcher.keyword as keyword_module
+
+    calls: list[str] = []
+    real = keyword_module.process.extractOne
+
+    def counting(token: str, *args: object, **kwargs: object) -> object:
+        calls.append(token)
+        return real(token, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keyword_module.process, "extractOne", counting)
+    fresh = KeywordIndex(matcher.default_catalog().profiles(), weights=FieldWeights())
+    words = [f"zq{chr(97 + i // 26)}{chr(97 + i % 26)}xv" for i in range(500)]
+    fresh.score(normalize(" ".join(words * 3)))
+    assert len(calls) == 64  # distinct out-of-vocabulary words looked up once each, 64 at most
+    fresh.score(normalize(" ".join(words * 3)))
+    assert len(calls) == 64  # misses are cached too
+    fresh.score(normalize("x" * 3000))
+    assert len(calls) == 64  # no word longer than 40 letters is looked up
+
+
+def test_a_query_that_normalization_expands_past_the_limit_is_refused_before_any_work() -> None:
+    engine = matcher.Matcher(semantic=False)
+    with pytest.raises(matcher.QueryError, match="expands to 73,728 characters"):
+        engine.match("\ufdfa" * 4096)
+    assert engine.match("\ufdfa" * 100).candidates
