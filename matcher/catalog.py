@@ -1,8 +1,10 @@
 """The task catalog: validated, immutable task records loaded from YAML/JSON files or dicts.
 
 Validation happens here, once, at the boundary (pydantic); everything downstream trusts a
-`Catalog`. A broken file raises one `CatalogError` naming the file, the task and the field, and
-nothing is half-loaded.
+`Catalog`. Every record of every file is checked before anything is kept: the problems come back
+together in one `CatalogError`, each naming the file, line, task and field, and nothing is
+half-loaded. Files are read defensively (size limit, no YAML anchors or aliases, bounded nesting),
+because a catalog path may come from a user.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import math
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,7 +35,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails, PydanticCustomError
 from rapidfuzz import fuzz, process
+from yaml.composer import ComposerError
 
 from .errors import CatalogError, CatalogWarning, UnknownTaskError
 from .text import normalize
@@ -39,6 +47,13 @@ __all__ = ["Catalog", "Task", "default_catalog", "load_catalog"]
 _ID_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 _CATALOG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
 _PROFILE_FIELDS = ("title", "description", "keywords", "phrases")
+_MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any real catalog, far below what hurts memory
+_MAX_DEPTH = 100  # nesting levels in a file or an example; deeper input is refused, not recursed into
+_MAX_LISTED = 50  # problems spelled out in one CatalogError message; `errors` keeps them all
+_SHAPE = "a list of task records or a mapping with the single key 'tasks'"
+_TOO_DEEP = f"nested deeper than {_MAX_DEPTH} levels"
+_JSON_VALUE_ERROR = "json_value"
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 _Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
 _ShortText = Annotated[_Text, StringConstraints(max_length=200)]
@@ -46,6 +61,38 @@ _LongText = Annotated[_Text, StringConstraints(max_length=4000)]
 _Phrase = Annotated[_Text, StringConstraints(max_length=1000)]
 _Keyword = Annotated[_Text, StringConstraints(max_length=100)]
 _Weight = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=False)]
+
+
+def _json_example(example: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what JSON cannot carry (NaN, infinities, dates, sets, non-string keys, deep nesting).
+
+    Examples are served in JSON responses and hashed into the fingerprint as JSON, so a value
+    that JSON cannot represent must fail here, naming its path, rather than break a request later.
+    """
+    stack: list[tuple[object, tuple[str | int, ...]]] = [(example, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > _MAX_DEPTH:
+            raise _example_error(path, _TOO_DEEP)
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise _example_error(path, f"key {key!r} must be a string")
+            stack.extend((value[key], (*path, key)) for key in reversed(list(value)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, index)) for index, item in reversed(list(enumerate(value))))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise _example_error(path, f"must be a finite number, got {value!r}")
+        elif value is not None and not isinstance(value, (str, int, float)):
+            hint = "; quote it to keep it a string" if isinstance(value, date) else ""
+            raise _example_error(path, "must be a JSON value (string, number, boolean, null, list or "
+                                       f"mapping), got {type(value).__name__}{hint}")
+    return example
+
+
+def _example_error(path: tuple[str | int, ...], reason: str) -> PydanticCustomError:
+    """A pydantic error that carries the path inside the example, so the report can name it."""
+    return PydanticCustomError(_JSON_VALUE_ERROR, "{reason}", {"reason": reason, "path": path})
 
 
 class _LeaderboardEntry(BaseModel):
@@ -89,7 +136,7 @@ class _TaskRecord(BaseModel):
     description: _LongText | None = None
     keywords: dict[_Keyword, _Weight] = Field(default_factory=dict)
     phrases: list[_Phrase] = Field(default_factory=list)
-    examples: list[dict[str, Any]] = Field(default_factory=list)
+    examples: list[Annotated[dict[str, Any], AfterValidator(_json_example)]] = Field(default_factory=list)
     leaderboard: _Leaderboard | None = None
 
     @field_validator("keywords", mode="before")
@@ -194,8 +241,15 @@ class Catalog:
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], *, source: str = "<records>") -> Catalog:
-        """Validate an iterable of dicts (at least `id` each) into a catalog."""
-        return cls(_validate_records(list(records), source), source=source)
+        """Validate an iterable of dicts (at least `id` each) into a catalog.
+
+        Every record is checked first; all problems are raised together in one `CatalogError`.
+        """
+        problems = _Problems()
+        raws = [_RawRecord(record, number) for number, record in enumerate(records, start=1)]
+        tasks = _validate_records(raws, source, problems, {})
+        problems.raise_if_any(source)
+        return cls(tasks, source=source)
 
     @property
     def source(self) -> str:
@@ -245,7 +299,11 @@ class Catalog:
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    """Load a YAML, JSON or JSON-lines catalog file, or a directory of them (sorted by name)."""
+    """Load a YAML, JSON or JSON-lines catalog file, or a directory of them (sorted by name).
+
+    Every file and record is checked before anything is kept; all problems are raised together
+    in one `CatalogError` whose `errors` lists them.
+    """
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.suffix in _CATALOG_SUFFIXES and p.is_file())
@@ -256,17 +314,12 @@ def load_catalog(path: str | Path) -> Catalog:
         files = [root]
     else:
         raise CatalogError(f"{root}: no such catalog file or directory", source=str(root))
+    problems = _Problems()
+    seen: dict[str, tuple[str, _RawRecord]] = {}
     tasks: list[Task] = []
-    origin: dict[str, Path] = {}
     for file in files:
-        for task in _validate_records(_read_records(file), str(file)):
-            if task.id in origin:
-                raise CatalogError(
-                    f"{file}: duplicate task id {task.id!r} (first defined in {origin[task.id]}): "
-                    "field 'id' must be unique", source=str(file), task_id=task.id, field="id",
-                )
-            origin[task.id] = file
-            tasks.append(task)
+        tasks.extend(_validate_records(_read_file(file, problems), str(file), problems, seen))
+    problems.raise_if_any(str(root))
     return Catalog(tasks, source=str(root))
 
 
@@ -282,52 +335,381 @@ def default_catalog() -> Catalog:
     return _DEFAULT
 
 
-def _read_records(file: Path) -> list[Any]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{file}: cannot read catalog file: {exc}", source=str(file)) from exc
-    try:
-        if file.suffix == ".jsonl":
-            data: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif file.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise CatalogError(f"{file}: cannot parse catalog file: {exc}", source=str(file)) from exc
-    if isinstance(data, Mapping) and set(data) == {"tasks"}:
-        data = data["tasks"]
-    if not isinstance(data, list):
+class _Problems:
+    """Every problem found while loading, raised at the end as one `CatalogError`."""
+
+    def __init__(self) -> None:
+        self.found: list[CatalogError] = []
+
+    def add(self, source: str, message: str, *, line: int | None = None, column: int | None = None,
+            task_id: str | None = None, field: str | None = None) -> None:
+        """Record one problem; its message starts with `source:line:column` as far as known."""
+        where = source if line is None else f"{source}:{line}" if column is None else f"{source}:{line}:{column}"
+        self.found.append(CatalogError(f"{where}: {message}", source=source, task_id=task_id,
+                                       field=field, line=line))
+
+    def raise_if_any(self, where: str) -> None:
+        """Raise the one problem found, or one error listing them all (the first `_MAX_LISTED`)."""
+        if not self.found:
+            return
+        rank: dict[str | None, int] = {}
+        for problem in self.found:
+            rank.setdefault(problem.source, len(rank))
+        found = sorted(self.found, key=lambda problem: (rank[problem.source], problem.line or 0))
+        first = found[0]
+        if len(found) == 1:
+            raise first
+        listed = "".join(f"\n  {problem}" for problem in found[:_MAX_LISTED])
+        hidden = len(found) - _MAX_LISTED
+        more = f"\n  and {hidden} more" if hidden > 0 else ""
         raise CatalogError(
-            f"{file}: expected a list of task records or a mapping with one key 'tasks', "
-            f"got {type(data).__name__}", source=str(file), field="tasks",
+            f"{where}: {len(found)} problems, nothing was loaded:{listed}{more}",
+            source=first.source, task_id=first.task_id, field=first.field, line=first.line,
+            errors=tuple(found),
         )
+
+
+@dataclass(frozen=True)
+class _RawRecord:
+    """One record as read: its data, its 1-based number in the file, its line and YAML node."""
+
+    data: Any
+    number: int
+    line: int | None = None
+    node: yaml.Node | None = None
+
+    def line_of(self, loc: Sequence[str | int]) -> int | None:
+        """Line of the field at `loc` when the YAML node tree knows it, else the record's line."""
+        return self.line if self.node is None else _node_line(self.node, loc)
+
+
+class _CatalogLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses anchors, aliases and deep nesting.
+
+    Aliases can expand a few lines into gigabytes ("billion laughs") and deep nesting exhausts
+    the stack; catalogs need neither, so both stop at the offending node with its position.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node after checking it is no anchor or alias and not nested too deeply."""
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        mark = event.start_mark if isinstance(event.start_mark, yaml.Mark) else None
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+            what = "alias '*" if isinstance(event, yaml.AliasEvent) else "anchor '&"
+            raise ComposerError(None, None, f"YAML {what}{event.anchor}' is not allowed in catalog files: "
+                                "write the value out in full", mark)
+        if self._depth >= _MAX_DEPTH:
+            raise ComposerError(None, None, _TOO_DEEP, mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_file(file: Path, problems: _Problems) -> list[_RawRecord]:
+    """The records of one catalog file; a file that cannot be read or parsed adds a problem instead."""
+    source = str(file)
+    try:
+        with file.open("rb") as handle:
+            blob = handle.read(_MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        problems.add(source, f"cannot read catalog file: {exc.strerror or exc}")
+        return []
+    if len(blob) > _MAX_FILE_BYTES:
+        problems.add(source, f"file is larger than {_MAX_FILE_BYTES // 2**20} MiB, the limit for one "
+                             "catalog file: split it into several files in a directory")
+        return []
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = blob.count(b"\n", 0, exc.start) + 1
+        problems.add(source, f"catalog files must be UTF-8 text: invalid byte 0x{blob[exc.start]:02X} at "
+                             f"offset {exc.start} ({exc.reason}); save the file as UTF-8", line=line)
+        return []
+    if file.suffix == ".jsonl":
+        return _jsonl_records(text, source, problems)
+    if file.suffix == ".json":
+        return _json_records(text, source, problems)
+    return _yaml_records(text, source, problems)
+
+
+def _yaml_records(text: str, source: str, problems: _Problems) -> list[_RawRecord]:
+    """Parse YAML keeping the node tree, so each record (and field) knows its line."""
+    loader: _CatalogLoader | None = None
+    try:
+        loader = _CatalogLoader(text)
+        root = loader.get_single_node()
+        data = None if root is None else loader.construct_document(root)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        message, line, column = _yaml_error(exc, text)
+        problems.add(source, f"cannot parse catalog file: {message}", line=line, column=column)
+        return []
+    finally:
+        if loader is not None:
+            loader.dispose()
+    shape = _shape_problem(data)
+    if shape is not None:
+        message, key = shape
+        line = None if root is None else _node_line(root, () if key is None else (str(key),))
+        problems.add(source, message, line=line, field="tasks")
+        return []
+    entry = _entry(root, "tasks")
+    sequence = root if entry is None else entry[1]
+    assert isinstance(sequence, yaml.SequenceNode)  # _shape_problem accepted the document
+    return [_RawRecord(record, number, node.start_mark.line + 1, node)
+            for number, (record, node) in enumerate(zip(_record_list(data), sequence.value, strict=True), start=1)]
+
+
+def _yaml_error(exc: BaseException, text: str) -> tuple[str, int | None, int | None]:
+    """A YAML failure as (problem, line, column) in the file's own terms, not PyYAML's "<unicode string>"."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = (exc.problem or exc.context or "invalid YAML").removeprefix("but ")
+        if exc.problem and exc.context:
+            at = ("" if exc.context_mark is None
+                  else f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}")
+            problem += f" ({exc.context}{at})"
+        return problem, None if mark is None else mark.line + 1, None if mark is None else mark.column + 1
+    if isinstance(exc, yaml.reader.ReaderError):
+        position = int(exc.position)
+        column = position - text.rfind("\n", 0, position)
+        return (f"character U+{int(exc.character):04X}: {exc.reason}", text.count("\n", 0, position) + 1,
+                column)
+    if isinstance(exc, RecursionError):
+        return _TOO_DEEP, None, None
+    return str(exc), None, None
+
+
+def _entry(node: yaml.Node | None, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """The (key, value) nodes of `key` in a mapping node: the last one, as in the loaded data."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    pairs = [(name, value) for name, value in node.value if isinstance(name, yaml.ScalarNode) and name.value == key]
+    return pairs[-1] if pairs else None
+
+
+def _node_line(node: yaml.Node, loc: Sequence[str | int]) -> int:
+    """1-based line of the deepest key or item along `loc` that the node tree has."""
+    line = node.start_mark.line + 1
+    for part in loc:
+        entry = _entry(node, str(part))
+        if entry is not None:
+            line, node = entry[0].start_mark.line + 1, entry[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _json_value(text: str) -> tuple[Any, tuple[str, int | None, int | None] | None]:
+    """Parse JSON: (value, None), or (None, (problem, line, column)) when it is invalid or too deep."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, (exc.msg, exc.lineno, exc.colno)
+    except (ValueError, RecursionError) as exc:  # ValueError: an integer too long to convert
+        return None, (_TOO_DEEP if isinstance(exc, RecursionError) else str(exc), None, None)
+    if _too_deep(value):
+        return None, (_TOO_DEEP, None, None)
+    return value, None
+
+
+def _json_records(text: str, source: str, problems: _Problems) -> list[_RawRecord]:
+    """Parse a JSON file; record lines come from a scan of the top level when it has the usual shape."""
+    data, failure = _json_value(text)
+    if failure is not None:
+        message, line, column = failure
+        problems.add(source, f"cannot parse catalog file: {message}", line=line, column=column)
+        return []
+    shape = _shape_problem(data)
+    if shape is not None:
+        problems.add(source, shape[0], field="tasks")
+        return []
+    records = _record_list(data)
+    lines: Sequence[int | None] = _json_item_lines(text) or []
+    if len(lines) != len(records):
+        lines = [None] * len(records)
+    return [_RawRecord(record, number, line)
+            for number, (record, line) in enumerate(zip(records, lines, strict=True), start=1)]
+
+
+def _jsonl_records(text: str, source: str, problems: _Problems) -> list[_RawRecord]:
+    """One record per non-blank line; a line that does not parse is reported and the rest still checked."""
+    records: list[_RawRecord] = []
+    number = 0
+    for line, content in enumerate(text.split("\n"), start=1):
+        if not content.strip():
+            continue
+        number += 1
+        record, failure = _json_value(content)
+        if failure is not None:
+            message, _, column = failure
+            problems.add(source, f"cannot parse catalog file: {message}", line=line, column=column)
+            continue
+        records.append(_RawRecord(record, number, line))
+    return records
+
+
+def _shape_problem(data: object) -> tuple[str, object] | None:
+    """Why a parsed file is not `[records]` or `{tasks: [records]}`, with the key to point at; None if it is."""
+    if isinstance(data, list):
+        return None
+    if isinstance(data, Mapping):
+        if set(data) == {"tasks"}:
+            if isinstance(data["tasks"], list):
+                return None
+            return f"field 'tasks' must be a list of task records, got {_describe(data['tasks'])}", "tasks"
+        extra = [key for key in data if key != "tasks"]
+        if not extra:
+            return f"expected {_SHAPE}, got an empty mapping", None
+        names = ", ".join(repr(key) for key in extra)
+        hint = ""
+        if "tasks" not in data:
+            close = process.extractOne("tasks", [str(key) for key in extra], scorer=fuzz.ratio,
+                                       processor=None, score_cutoff=70)
+            if close is not None:
+                hint = f"; did you mean 'tasks' instead of {close[0]!r}?"
+            elif "id" in data:
+                hint = "; a single record must still be inside a list"
+        plural = "s" if len(extra) > 1 else ""
+        return f"unexpected top-level key{plural} {names}: expected {_SHAPE}{hint}", extra[0]
+    if data is None:
+        return f"the file is empty: expected {_SHAPE}", None
+    return f"expected {_SHAPE}, got {_describe(data)}", None
+
+
+def _record_list(data: object) -> list[Any]:
+    """The records of data that passed `_shape_problem`."""
+    if isinstance(data, Mapping):
+        data = data["tasks"]
+    assert isinstance(data, list)
     return data
 
 
-def _validate_records(records: Sequence[Any], source: str) -> list[Task]:
+def _describe(value: object) -> str:
+    """A value's kind in the words of a YAML or JSON author, not Python's type names."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _too_deep(value: object) -> bool:
+    """Whether lists and mappings nest deeper than `_MAX_DEPTH` (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > _MAX_DEPTH:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _skip_space(text: str, position: int) -> int:
+    """The first position at or after `position` that is not JSON whitespace."""
+    match = _JSON_SPACE.match(text, position)
+    return position if match is None else match.end()
+
+
+def _json_item_lines(text: str) -> list[int] | None:
+    """1-based start line of each record of valid JSON `[...]` or `{"tasks": [...]}`; None for other shapes."""
+    decoder = json.JSONDecoder()
+    try:
+        position = _skip_space(text, 0)
+        wrapped = text.startswith("{", position)
+        if wrapped:
+            key, position = decoder.raw_decode(text, _skip_space(text, position + 1))
+            position = _skip_space(text, position)
+            if key != "tasks" or not text.startswith(":", position):
+                return None
+            position = _skip_space(text, position + 1)
+        if not text.startswith("[", position):
+            return None
+        lines: list[int] = []
+        line, counted = 1, 0
+        position = _skip_space(text, position + 1)
+        while not text.startswith("]", position):
+            line += text.count("\n", counted, position)
+            counted = position
+            lines.append(line)
+            _, position = decoder.raw_decode(text, position)
+            position = _skip_space(text, position)
+            if text.startswith(",", position):
+                position = _skip_space(text, position + 1)
+        if wrapped and not text.startswith("}", _skip_space(text, position + 1)):
+            return None
+    except (ValueError, IndexError):
+        return None
+    return lines
+
+
+def _validate_records(raws: Sequence[_RawRecord], source: str, problems: _Problems,
+                      seen: dict[str, tuple[str, _RawRecord]]) -> list[Task]:
+    """Validate every record, adding each problem (and each id already in `seen`) to `problems`."""
     tasks: list[Task] = []
-    for position, raw in enumerate(records):
-        if not isinstance(raw, Mapping):
-            raise CatalogError(
-                f"{source}: record #{position + 1} must be a mapping, got {type(raw).__name__}",
-                source=source,
-            )
-        raw_id = raw.get("id")
-        label = f"task {raw_id!r}" if isinstance(raw_id, str) else f"record #{position + 1}"
+    for raw in raws:
+        if not isinstance(raw.data, Mapping):
+            problems.add(source, f"record #{raw.number} must be a mapping of fields (an 'id' and at least "
+                                 f"one of title, description, keywords or phrases), got {_describe(raw.data)}",
+                         line=raw.line)
+            continue
+        raw_id = raw.data.get("id")
+        task_id = raw_id if isinstance(raw_id, str) else None
+        label = f"task {raw_id!r}" if task_id is not None else f"record #{raw.number}"
         try:
-            record = _TaskRecord.model_validate(dict(raw))
+            tasks.append(Task._from_record(_TaskRecord.model_validate(dict(raw.data))))
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"]) or "profile"
-            raise CatalogError(
-                f"{source}: {label}: field {where!r}: {error['msg']}",
-                source=source, task_id=raw_id if isinstance(raw_id, str) else None,
-                field=where,
-            ) from None
-        tasks.append(Task._from_record(record))
+            for error in exc.errors():
+                loc = tuple(error["loc"])
+                if error["type"] == _JSON_VALUE_ERROR:
+                    loc += tuple(error["ctx"]["path"])
+                where = ".".join(str(part) for part in loc) or "profile"
+                problems.add(source, f"{label}: field {where!r}: {error['msg']}{_hint(error)}",
+                             line=raw.line_of(loc), task_id=task_id, field=where)
+        if task_id is None:
+            continue
+        if task_id in seen:
+            first_source, first = seen[task_id]
+            spot = f"line {first.line}" if first.line is not None else f"record #{first.number}"
+            at = f"at {spot}" if first_source == source else f"in {first_source}, {spot}"
+            problems.add(source, f"{label}: field 'id': duplicate task id {task_id!r} (first defined {at}); "
+                                 "ids must be unique across the catalog",
+                         line=raw.line_of(("id",)), task_id=task_id, field="id")
+        else:
+            seen[task_id] = (source, raw)
     return tasks
+
+
+def _hint(error: ErrorDetails) -> str:
+    """How to fix the two record errors whose pydantic message alone does not say: bad ids, unknown fields."""
+    loc = tuple(error["loc"])
+    if loc == ("id",) and error["type"] == "string_pattern_mismatch":
+        return " (ids are kebab-case: lowercase letters and digits in words joined by single hyphens)"
+    if len(loc) == 1 and error["type"] == "extra_forbidden":
+        close = process.extractOne(str(loc[0]), list(_TaskRecord.model_fields), scorer=fuzz.ratio,
+                                   processor=None, score_cutoff=70)
+        if close is not None:
+            return f"; did you mean {close[0]!r}?"
+        return f"; known fields: {', '.join(_TaskRecord.model_fields)}"
+    return ""
 
 
 def _fingerprint(profiles: Sequence[Task]) -> str:

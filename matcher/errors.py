@@ -22,14 +22,22 @@ class QueryError(MatcherError, ValueError):
 
 
 class CatalogError(MatcherError, ValueError):
-    """A catalog file or record is invalid; the message names the file, the task and the field."""
+    """A catalog file or record is invalid; the message names the file, line, task and field.
+
+    One error reports every problem found: `errors` holds each of them as its own
+    `CatalogError` (at least one; a single problem is the error itself), while `source`,
+    `line`, `task_id` and `field` describe the first, as they always have.
+    """
 
     def __init__(self, message: str, *, source: str | None = None, task_id: str | None = None,
-                 field: str | None = None) -> None:
+                 field: str | None = None, line: int | None = None,
+                 errors: tuple[CatalogError, ...] = ()) -> None:
         super().__init__(message)
         self.source = source
         self.task_id = task_id
         self.field = field
+        self.line = line
+        self.errors: tuple[CatalogError, ...] = errors or (self,)
 
 
 class UnknownTaskError(MatcherError, KeyError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import warnings
@@ -153,7 +154,7 @@ def test_the_spec_file_itself_loads_as_a_catalog() -> None:
 def test_duplicate_ids_across_files_name_both_files(tmp_path: Path) -> None:
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "a", "title": "x"}]}))
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "a", "title": "y"}]}))
-    expected = r"two\.yaml: duplicate task id 'a' \(first defined in .*one\.yaml\)"
+    expected = r"two\.yaml:2: task 'a': field 'id': duplicate task id 'a' \(first defined in .*one\.yaml, line 2\)"
     with pytest.raises(CatalogError, match=expected):
         load_catalog(tmp_path)
 
@@ -177,7 +178,7 @@ def test_unparsable_files_name_the_file(tmp_path: Path, name: str, content: str,
 def test_a_bad_file_in_a_directory_loads_nothing(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"tasks": small_records()}))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "bad id"}]}))
-    with pytest.raises(CatalogError, match=r"b\.yaml: task 'bad id': field 'id'"):
+    with pytest.raises(CatalogError, match=r"b\.yaml:2: task 'bad id': field 'id'"):
         load_catalog(tmp_path)
 
 
@@ -208,3 +209,218 @@ def test_leaderboard_data_is_validated() -> None:
     bad = {"models": [{"name": "x", "kind": "open", "quality": 1.5}]}
     with pytest.raises(CatalogError, match=r"leaderboard\.models\.0\.quality"):
         Catalog.from_records([{"id": "a", "title": "A", "leaderboard": bad}])
+
+
+BROKEN_YAML = """\
+tasks:
+  - id: invoice-x
+    title: Invoices
+    keywords:
+      invoice: 1.0
+      total: 3
+  - id: fine-task
+    title: Fine
+  - id: Bad_Id
+    titel: typo
+  - 5
+  - id: fine-task
+    title: Again
+"""
+
+
+def test_every_problem_of_every_file_is_reported_in_one_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(BROKEN_YAML)
+    (tmp_path / "b.jsonl").write_text('{"id": "j-1", "title": "x"}\n\n{"id": "j-2", "title": 3}\n{oops\n')
+    (tmp_path / "c.json").write_text('[{"id": "k-1", "title": "x"}, {"title": "no id"}]')
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path)
+    error = info.value
+    a, b, c = (str(tmp_path / name) for name in ("a.yaml", "b.jsonl", "c.json"))
+    assert [str(problem) for problem in error.errors] == [
+        f"{a}:6: task 'invoice-x': field 'keywords.total': Input should be less than or equal to 1",
+        f"{a}:9: task 'Bad_Id': field 'id': String should match pattern '^[a-z0-9]+(?:-[a-z0-9]+)*$' "
+        "(ids are kebab-case: lowercase letters and digits in words joined by single hyphens)",
+        f"{a}:10: task 'Bad_Id': field 'titel': Extra inputs are not permitted; did you mean 'title'?",
+        f"{a}:11: record #4 must be a mapping of fields (an 'id' and at least one of title, description, "
+        "keywords or phrases), got a number",
+        f"{a}:12: task 'fine-task': field 'id': duplicate task id 'fine-task' (first defined at line 7); "
+        "ids must be unique across the catalog",
+        f"{b}:3: task 'j-2': field 'title': Input should be a valid string",
+        f"{b}:4:2: cannot parse catalog file: Expecting property name enclosed in double quotes",
+        f"{c}:1: record #2: field 'id': Field required",
+    ]
+    assert str(error).startswith(f"{tmp_path}: 8 problems, nothing was loaded:\n  {a}:6: ")
+    assert all(f"\n  {problem}" in str(error) for problem in error.errors)
+    assert (error.source, error.line, error.task_id, error.field) == (a, 6, "invoice-x", "keywords.total")
+    assert [p.line for p in error.errors] == [6, 9, 10, 11, 12, 3, 4, 1]
+
+
+def test_a_single_problem_is_the_error_itself() -> None:
+    with pytest.raises(CatalogError) as info:
+        Catalog.from_records([{"id": "a", "title": ""}], source="mine.yaml")
+    assert info.value.errors == (info.value,)
+    assert str(info.value) == "mine.yaml: task 'a': field 'title': String should have at least 1 character"
+
+
+def test_a_long_list_of_problems_is_capped_in_the_message() -> None:
+    with pytest.raises(CatalogError) as info:
+        Catalog.from_records([{"id": f"t-{i}", "title": ""} for i in range(60)], source="many.yaml")
+    message = str(info.value)
+    assert len(info.value.errors) == 60
+    assert message.startswith("many.yaml: 60 problems, nothing was loaded:")
+    assert "task 't-49'" in message and "task 't-50'" not in message
+    assert message.endswith("\n  and 10 more")
+
+
+def test_record_and_field_lines_in_each_format(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("# comment\n- id: a\n  title: A\n- id: b\n  phrases:\n    - ok\n    - ''\n")
+    (tmp_path / "lines.jsonl").write_text('\n{"id": "c", "title": "C"}\n\n{"id": "d", "title": ""}\n')
+    (tmp_path / "wrapped.json").write_text(
+        '{"tasks": [\n  {"id": "e", "title": "E"},\n  {"id": "f",\n   "title": ""}\n]}\n')
+    (tmp_path / "plain.json").write_text('[\n{"id": "g", "title": "G"},\n\n{"id": "h", "title": ""}]')
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path)
+    where = {problem.task_id: (Path(problem.source or "").name, problem.line, problem.field)
+             for problem in info.value.errors}
+    assert where == {
+        "b": ("list.yaml", 7, "phrases.1"),
+        "d": ("lines.jsonl", 4, "title"),
+        "f": ("wrapped.json", 3, "title"),
+        "h": ("plain.json", 4, "title"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("broken.yaml", "tasks:\n  - id: a\n    title: [x\n", ":4:1: cannot parse catalog file: expected ',' or ']'"),
+        ("tabs.yaml", "tasks:\n  - id: a\n\ttitle: x\n", ":3:1: cannot parse catalog file: found character '\\t'"),
+        ("two.yaml", "- id: a\n---\n- id: b\n", ":2:1: cannot parse catalog file: found another document"),
+        ("control.yaml", "- id: a\n  title: 'x\x07'\n", ":2:12: cannot parse catalog file: character U+0007"),
+        ("broken.json", '[\n  {"id": "a",\n}]', ":3:1: cannot parse catalog file: Expecting property name"),
+    ],
+)
+def test_syntax_errors_point_at_the_file_line_and_column(tmp_path: Path, name: str, content: str,
+                                                         expected: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / name)
+    assert str(info.value).startswith(f"{tmp_path / name}{expected}")
+    assert "<unicode string>" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("version.yaml", "tasks: []\nversion: 2\n", ":2: unexpected top-level key 'version': expected a list of "
+         "task records or a mapping with the single key 'tasks'"),
+        ("typo.yaml", "task:\n  - id: a\n", ":1: unexpected top-level key 'task': expected a list of task records "
+         "or a mapping with the single key 'tasks'; did you mean 'tasks' instead of 'task'?"),
+        ("record.yaml", "id: a\ntitle: A\n", ":1: unexpected top-level keys 'id', 'title': expected a list of task "
+         "records or a mapping with the single key 'tasks'; a single record must still be inside a list"),
+        ("version.json", '{"tasks": [], "version": 2}', ": unexpected top-level key 'version'"),
+        ("scalar.yaml", "tasks: 3\n", ":1: field 'tasks' must be a list of task records, got a number"),
+        ("empty.yaml", "", ": the file is empty: expected a list of task records"),
+    ],
+)
+def test_a_wrong_file_shape_names_the_key(tmp_path: Path, name: str, content: str, expected: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / name)
+    assert str(info.value).startswith(f"{tmp_path / name}{expected}")
+    assert info.value.field == "tasks"
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+tasks: [*i]
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("deep.yaml", "[" * 100_000, ":1:101: cannot parse catalog file: nested deeper than 100 levels"),
+        ("deep.json", "[" * 100_000, ": cannot parse catalog file: nested deeper than 100 levels"),
+        ("deep.jsonl", "[" * 100_000, ":1: cannot parse catalog file: nested deeper than 100 levels"),
+        ("parsable-but-deep.json", "[" * 200 + "]" * 200, ": cannot parse catalog file: nested deeper than 100 levels"),
+        ("bomb.yaml", BILLION_LAUGHS, ":1:4: cannot parse catalog file: YAML anchor '&a' is not allowed"),
+        ("alias.yaml", "- id: a\n  title: x\n- id: b\n  title: *x\n", ":4:10: cannot parse catalog file: "
+         "YAML alias '*x' is not allowed in catalog files: write the value out in full"),
+        ("merge.yaml", "- &base {id: a, title: x}\n- <<: *base\n  id: b\n", ":1:3: cannot parse catalog file: "
+         "YAML anchor '&base' is not allowed"),
+    ],
+)
+def test_hostile_nesting_and_aliases_are_refused_quickly(tmp_path: Path, name: str, content: str,
+                                                        expected: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / name)
+    assert str(info.value).startswith(f"{tmp_path / name}{expected}")
+
+
+def test_files_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as handle:
+        handle.truncate(16 * 1024 * 1024 + 1)  # sparse: costs no disk or memory
+    with pytest.raises(CatalogError, match=r"huge\.yaml: file is larger than 16 MiB, the limit for one catalog file"):
+        load_catalog(huge)
+
+
+def test_non_utf8_files_name_the_line_and_byte(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes("- id: a\n  title: café\n".encode("latin-1"))
+    with pytest.raises(CatalogError, match=r"latin1\.yaml:2: catalog files must be UTF-8 text: invalid byte 0xE9"):
+        load_catalog(tmp_path / "latin1.yaml")
+
+
+@pytest.mark.parametrize(
+    ("example", "field", "fragment"),
+    [
+        ({"input": "x", "output": {"total": float("nan")}}, "examples.0.output.total", "must be a finite number"),
+        ({"input": "x", "output": [1.0, float("inf")]}, "examples.0.output.1", "must be a finite number"),
+        ({"input": {"when": datetime.date(2024, 1, 31)}}, "examples.0.input.when",
+         "got date; quote it to keep it a string"),
+        ({"input": {1: "x"}}, "examples.0.input", "key 1 must be a string"),
+        ({"input": {"tags": {"a", "b"}}}, "examples.0.input.tags", "must be a JSON value"),
+        ({"input": b"raw"}, "examples.0.input", "got bytes"),
+    ],
+)
+def test_examples_must_be_json_values(example: dict[str, object], field: str, fragment: str) -> None:
+    with pytest.raises(CatalogError) as info:
+        Catalog.from_records([{"id": "a", "title": "A", "examples": [{"input": "ok"}, example]}])
+    error = info.value
+    expected_field = field.replace("examples.0", "examples.1")
+    assert (error.task_id, error.field) == ("a", expected_field)
+    assert f"task 'a': field '{expected_field}': " in str(error) and fragment in str(error)
+
+
+def test_non_finite_numbers_in_files_are_refused_with_the_field(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("- id: a\n  title: A\n  examples:\n    - input: x\n      output: .inf\n")
+    (tmp_path / "b.jsonl").write_text('{"id": "b", "title": "B", "examples": [{"output": {"total": NaN}}]}\n')
+    board = {"models": [{"name": "m", "kind": "open", "quality": float("inf")}]}
+    (tmp_path / "c.json").write_text(json.dumps([{"id": "c", "title": "C", "leaderboard": board}]))
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path)
+    problems = [str(problem).removeprefix(str(tmp_path) + "/") for problem in info.value.errors]
+    assert problems[0] == "a.yaml:5: task 'a': field 'examples.0.output': must be a finite number, got inf"
+    assert problems[1] == "b.jsonl:1: task 'b': field 'examples.0.output.total': must be a finite number, got nan"
+    assert problems[2].startswith("c.json:1: task 'c': field 'leaderboard.models.0.quality': Input should be a finite")
+
+
+def test_the_schema_documents_every_field() -> None:
+    from matcher.catalog import _Leaderboard, _LeaderboardEntry, _TaskRecord
+
+    schema = (Path(matcher.__file__).parent / "data" / "catalog" / "SCHEMA.md").read_text()
+    for model in (_TaskRecord, _Leaderboard, _LeaderboardEntry):
+        for name in model.model_fields:
+            assert f"| `{name}` |" in schema, (model.__name__, name)
+    for term in ("`capability`", '`type: "capability"`', "`.jsonl`", "16 MiB", "anchors and aliases", "UTF-8"):
+        assert term in schema, term
