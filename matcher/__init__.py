@@ -26,6 +26,19 @@ from .semantic import Embedder, SentenceTransformerEmbedder
 if TYPE_CHECKING:
     from .tuning import tune
 
+
+def _installed_version() -> str:
+    """The version of the installed `task-matcher` distribution; "0+unknown" when run from a bare source tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("task-matcher")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
+
 __all__ = [
     "CandidateExplanation",
     "Catalog",
@@ -44,6 +57,7 @@ __all__ = [
     "TaskMatch",
     "TaskMatchCandidate",
     "UnknownTaskError",
+    "__version__",
     "default_catalog",
     "default_config",
     "load_catalog",

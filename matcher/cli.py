@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from .catalog import Catalog, default_catalog, load_catalog
+from . import __version__
+from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import MatcherConfig
 from .engine import SEMANTIC_CHOICES, Matcher
 from .errors import MatcherError
@@ -19,6 +24,11 @@ from .results import CandidateExplanation, TaskMatch
 __all__ = ["main"]
 
 _COMMANDS = ("match", "list", "show", "tune", "serve", "confusability")
+_TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
+_SERVER_MODULES = frozenset({"fastapi", "uvicorn", "anyio", "starlette"})
+_SERVER_EXTRA_MISSING = ("task-matcher serve: error: the HTTP server needs the optional extra: "
+                         "pip install 'task-matcher[server]' -c constraints.txt")
+_WRAP = 100
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                "task-matcher show invoice-extraction. A query that is itself a command name "
                "goes after 'match': task-matcher match list",
     )
+    parser.add_argument("--version", action="version", version=f"task-matcher {__version__}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("match", help="rank the catalog's tasks for a query (the default command)")
     m.add_argument("query", help="the job to match, in plain English")
@@ -62,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="show one task's record")
     show.add_argument("task_id")
     show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
+    show.add_argument("--json", action="store_true", help="print the record as JSON")
     _catalog_options(show)
     return parser
 
@@ -87,6 +100,13 @@ def _catalog(args: argparse.Namespace) -> Catalog:
     return load_catalog(args.catalog) if args.catalog else default_catalog()
 
 
+def _prepare_output(path: Path) -> None:
+    """Create the output's directory now, so an unwritable `--out` fails before a long fit, not after it."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
@@ -95,16 +115,79 @@ def _format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _render_match(result: TaskMatch) -> str:
-    if result.matched and result.chosen is not None:
-        verdict = f"matched {result.chosen.task_id} (via {result.matcher})"
+def _verdict(result: TaskMatch) -> str:
+    """First line of the text output: the outcome type, its confidence and the scoring path."""
+    how = f"{result.confidence}, via {result.matcher}"
+    if result.type == "task" and result.chosen is not None:
+        verdict = f"matched {result.chosen.task_id} ({how})"
+    elif result.type == "capability":
+        lane = result.capability.id if result.capability is not None else result.candidates[0].task_id
+        verdict = f"capability: {lane} ({how})"
+    elif result.type == "unsupported":
+        verdict = f"out of scope ({how})"
     else:
-        verdict = f"no confident match (via {result.matcher}); closest candidates below"
+        verdict = f"no confident match (via {result.matcher})"
     if result.ambiguous:
         verdict += "; ambiguous: the top two are close"
-    rows = [(str(rank), c.task_id, f"{c.score:.4f}", c.confidence)
-            for rank, c in enumerate(result.candidates, start=1)]
-    return f"{verdict}\n\n{_format_table(rows, ('rank', 'task', 'score', 'confidence'))}"
+    return verdict
+
+
+def _render_match(result: TaskMatch) -> str:
+    """Verdict, reasoning and the candidates that scored above 0.
+
+    Zero-score candidates are only the catalog's first ids in alphabetical order, so they are
+    counted instead of being ranked as if they meant something.
+    """
+    parts = [_verdict(result)]
+    if result.reasoning:
+        parts.append(textwrap.fill(result.reasoning, width=_WRAP))
+    scored = [c for c in result.candidates if c.score > 0]
+    if scored:
+        rows = [(str(rank), c.task_id, f"{c.score:.4f}", c.confidence)
+                for rank, c in enumerate(scored, start=1)]
+        table = _format_table(rows, ("rank", "task", "score", "confidence"))
+        zeros = len(result.candidates) - len(scored)
+        if zeros:
+            table += f"\n{zeros} more candidate{'s' if zeros > 1 else ''} scored 0"
+        parts.append(f"\n{table}")
+    else:
+        parts.append("\nno candidate scored above 0")
+    return "\n".join(parts)
+
+
+def _render_task(task: Task, examples: int) -> str:
+    """Readable text of one catalog record; `--json` gives the full record instead."""
+    label_width = len("description") + 2
+    indent = " " * label_width
+
+    def field(label: str, value: str) -> str:
+        return textwrap.fill(value, width=_WRAP, initial_indent=f"{label}:".ljust(label_width),
+                             subsequent_indent=indent)
+
+    lines = [field("id", task.id), field("title", task.title or "-")]
+    if task.kind != "task":
+        lines.append(field("kind", f"{task.kind} (an out-of-scope profile, never returned as a match)"))
+    lines += [
+        field("category", task.category or "-"),
+        field("blob input", "yes" if task.has_blob_input else "no"),
+        field("scorer", task.default_scorer or "-"),
+        field("description", task.description or "-"),
+    ]
+    keywords = sorted(task.keywords, key=lambda item: (-item[1], item[0]))
+    lines.append(field("keywords", ", ".join(f"{term} ({weight:g})" for term, weight in keywords) or "-"))
+    lines.append(f"{'phrases:'.ljust(label_width)}{len(task.phrases)}")
+    lines += [textwrap.fill(p, width=_WRAP, initial_indent="  - ", subsequent_indent="    ")
+              for p in task.phrases]
+    shown = task.examples[: max(examples, 0)]
+    if not task.examples or len(shown) == len(task.examples):
+        count = str(len(task.examples))
+    elif shown:
+        count = f"{len(task.examples)}, first {len(shown)} below (--examples N for more)"
+    else:
+        count = f"{len(task.examples)} (--examples N to print them)"
+    lines.append(f"{'examples:'.ljust(label_width)}{count}")
+    lines += [f"  - {json.dumps(example, ensure_ascii=False)}" for example in shown]
+    return "\n".join(lines)
 
 
 def _render_explanations(explanations: Sequence[CandidateExplanation]) -> str:
@@ -141,7 +224,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "show":
         task = _catalog(args).get(args.task_id)
-        print(json.dumps(task.to_dict(examples_n=args.examples), indent=2, ensure_ascii=False))
+        if args.json:
+            print(json.dumps(task.to_dict(examples_n=args.examples), indent=2, ensure_ascii=False))
+        else:
+            print(_render_task(task, args.examples))
         return 0
     if args.command == "confusability":
         from .confusability import confusability_report
@@ -157,7 +243,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "tune":
         from .tuning import load_labelled, tune
 
-        tuned = tune(_catalog(args), load_labelled(args.labelled),
+        catalog, labelled = _catalog(args), load_labelled(args.labelled)
+        _prepare_output(args.out)
+        tuned = tune(catalog, labelled,
                      semantic=SEMANTIC_CHOICES[args.semantic],
                      target_precision=args.target_precision,
                      out_of_scope_share=args.out_of_scope_share, progress=True)
@@ -183,20 +271,62 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Print a warning as one `task-matcher: warning:` line: its source location means nothing to a user."""
+    stream = sys.stderr if file is None else file
+    with contextlib.suppress(OSError):  # stderr gone too: nowhere left to report
+        stream.write(f"task-matcher: warning: {message}\n")
+
+
+def _os_error_message(exc: OSError) -> str:
+    """`PATH: reason` for a file the command could not read or write."""
+    reason = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc)).lower()
+    return f"{exc.filename}: {reason}" if exc.filename else str(exc)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at devnull once its reader is gone, so the interpreter's final flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor (captured in-process): nothing to do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
+def _serve(arguments: Sequence[str]) -> int:
+    """`task-matcher serve`, with an install hint instead of a traceback when the `server` extra is missing."""
+    try:
+        from .server import serve_main
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _SERVER_MODULES:
+            raise
+        print(_SERVER_EXTRA_MISSING, file=sys.stderr)
+        return 2
+    return serve_main(arguments)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `task-matcher` and `python -m matcher`; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:
-        from .server import serve_main
-
-        return serve_main(arguments[1:])
-    if arguments and arguments[0] not in _COMMANDS and arguments[0] not in ("-h", "--help"):
+        return _serve(arguments[1:])
+    if arguments and arguments[0] not in _COMMANDS and arguments[0] not in _TOP_LEVEL_OPTIONS:
         arguments.insert(0, "match")
-    args = _parser().parse_args(arguments)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            return _run(args)
+            warnings.showwarning = _show_warning
+            status = _run(_parser().parse_args(arguments))
+            sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's final flush
+            return status
+    except BrokenPipeError:  # the reader went away early (`task-matcher list | head -1`): not an error
+        _discard_stdout()
+        return 0
+    except OSError as exc:
+        print(f"task-matcher: error: {_os_error_message(exc)}", file=sys.stderr)
+        return 2
     except (MatcherError, ValueError, TypeError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"task-matcher: error: {message}", file=sys.stderr)
