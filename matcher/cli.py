@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     _catalog_options(ls)
     ls.add_argument("--json", action="store_true", help="print the tasks as JSON")
     tune = sub.add_parser("tune", help="fit a MatcherConfig to labelled queries")
-    tune.add_argument("labelled", type=Path, help='JSON lines of {"text": ..., "task_id": id or null}')
+    tune.add_argument("labelled", type=Path, nargs="+",
+                      help='one or more files of JSON lines {"text": ..., "task_id": id or null}, read in order')
     tune.add_argument("--out", type=Path, required=True, help="where to write the config JSON")
     tune.add_argument("--semantic", choices=("auto", "on", "off"), default="auto",
                       help="tune the semantic cascade (on) or the keyword path alone (off)")
@@ -243,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "tune":
         from .tuning import load_labelled, tune
 
-        catalog, labelled = _catalog(args), load_labelled(args.labelled)
+        catalog, labelled = _catalog(args), [row for path in args.labelled for row in load_labelled(path)]
         _prepare_output(args.out)
         tuned = tune(catalog, labelled,
                      semantic=SEMANTIC_CHOICES[args.semantic],

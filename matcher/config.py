@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .gate import RequestGate
 
 __all__ = ["CONFIG_FORMAT", "CONFIG_VERSION", "FieldWeights", "MatcherConfig"]
 
@@ -48,6 +49,8 @@ class MatcherConfig:
     `keyword_min_coverage` of the query's content words (a keyword answer to "foo bar baz" rests on
     "bar" alone, so it is never ``high``); otherwise the semantic backstop scores
     ``semantic_fusion * keyword_raw + (1 - semantic_fusion) * embedding_similarity``.
+    `gate` is the request gate fitted by `tune` (`gate.RequestGate.to_dict()`): a ``high`` answer
+    also needs its probability that the text requests a task at all to reach `gate_threshold`.
     `tuning` keeps the report of the run that produced the config (not used for matching).
     """
 
@@ -70,12 +73,14 @@ class MatcherConfig:
     fuzzy_min_length: int = 5
     score_decimals: int = 4
     max_query_chars: int = 4096
+    gate: dict[str, Any] | None = field(default=None, repr=False)
+    gate_threshold: float = 0.0
     tuning: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("high_threshold", "medium_threshold", "high_margin", "ambiguity_margin",
                      "semantic_fusion", "semantic_centroid_weight", "fallback_threshold",
-                     "keyword_min_coverage"):
+                     "keyword_min_coverage", "gate_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -101,6 +106,12 @@ class MatcherConfig:
             raise ConfigError(f"score_decimals must be in [1, 8], got {self.score_decimals!r}")
         if self.max_query_chars < 1 or self.fuzzy_min_length < 1:
             raise ConfigError("max_query_chars and fuzzy_min_length must be positive")
+        if self.gate is not None:
+            RequestGate.from_dict(self.gate, source="gate")
+
+    def request_gate(self) -> RequestGate | None:
+        """The request gate of this config (`gate.RequestGate`), or None when it has none."""
+        return None if self.gate is None else RequestGate.from_dict(self.gate, source="gate")
 
     def with_changes(self, **changes: Any) -> MatcherConfig:
         """A copy with some settings replaced (validated again)."""

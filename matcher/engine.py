@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import threading
+import time
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -15,8 +19,9 @@ import numpy.typing as npt
 
 from .calibration import HIGH, LOW, calibrate, confidence_tiers, is_ambiguous
 from .catalog import Catalog, default_catalog, load_catalog
-from .config import MatcherConfig
-from .errors import QueryError, SemanticUnavailableError
+from .config import CONFIG_VERSION, FieldWeights, MatcherConfig
+from .errors import ConfigError, ConfigWarning, QueryError, SemanticUnavailableError
+from .gate import RequestGate
 from .reasons import outcome_reasoning
 from .results import (
     CandidateExplanation,
@@ -26,7 +31,7 @@ from .results import (
     TaskMatchCandidate,
 )
 from .semantic import Embedder, SemanticIndex, SentenceTransformerEmbedder, semantic_available
-from .text import normalize
+from .text import normalize, split_negated
 
 if TYPE_CHECKING:
     from .keyword import KeywordIndex
@@ -38,6 +43,7 @@ SemanticOption = bool | Literal["auto"] | Embedder
 SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False}
 """Command-line and environment spellings of the `semantic` option."""
 FloatArray = npt.NDArray[np.float64]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class _Scored:
     repaired: str
     corrections: tuple[FuzzyCorrection, ...]
     coverage: float
+    gate: float | None = None
+    negated: tuple[str, ...] = ()
+    normalized: str = ""
 
 
 class Matcher:
@@ -59,6 +68,11 @@ class Matcher:
     `semantic` chooses the embedding backstop: ``"auto"`` uses it when its dependencies are
     installed, ``True`` requires it, ``False`` stays keyword-only, and an `Embedder` instance
     is used as given. `config` holds every threshold and weight (`MatcherConfig`).
+
+    Without a `config`, the shipped one is used when it was tuned for this catalog (the default
+    catalog); any other catalog is self-calibrated from its own phrases when the index is first
+    needed (`tuning.self_calibrate`), and the result is cached on disk beside the embeddings. A
+    `config` tuned for another catalog is used as given, with a `ConfigWarning`.
     """
 
     def __init__(self, catalog: Catalog | str | Path | None = None, *,
@@ -74,13 +88,75 @@ class Matcher:
             raise TypeError(f"config must be a MatcherConfig, got {type(config).__name__}")
         self.catalog = catalog
         self._embedder = _resolve_embedder(semantic)
-        self.config = config if config is not None else default_config(semantic=self._embedder is not None)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if config is not None:
+            _warn_if_tuned_elsewhere(config, catalog)
+            self._config: MatcherConfig | None = config
+        else:
+            shipped = default_config(semantic=self._embedder is not None)
+            self._config = shipped if _tuned_for(shipped, catalog) else None
         self._profiles = catalog.profiles()
         self._is_task = np.array([p.kind == "task" for p in self._profiles])
+        self._gate: RequestGate | None = None
         self._keyword: KeywordIndex | None = None
         self._semantic: SemanticIndex | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    @property
+    def config(self) -> MatcherConfig:
+        """Every weight and threshold in use (self-calibrated on first use for a catalog without one)."""
+        if self._config is None:
+            with self._lock:
+                if self._config is None:
+                    self._config = self._self_calibrated()
+        return self._config
+
+    def _self_calibrated(self) -> MatcherConfig:
+        """The self-calibrated config of this catalog: read from the cache, or fitted and cached."""
+        from .tuning import self_calibrate
+
+        shipped = default_config(semantic=self._embedder is not None)
+        model = None if self._embedder is None else self._embedder.model_id
+        path = _self_calibration_path(self._cache_dir, self.catalog.fingerprint, model)
+        if path.is_file():
+            try:
+                cached = MatcherConfig.load(path)
+            except ConfigError as exc:
+                warnings.warn(f"self-calibration cache {path} is unusable ({exc}); fitting it again",
+                              RuntimeWarning, stacklevel=4)
+            else:
+                if _tuned_for(cached, self.catalog):
+                    _log.info("self-calibration read from %s", path)
+                    return cached
+        _log.info("self-calibrating %d tasks from their own phrases (no config was tuned for this catalog)",
+                  len(self.catalog))
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an unmet target is in the report
+                fitted = self_calibrate(self.catalog, semantic=self._embedder if self._embedder else False,
+                                        base=MatcherConfig(max_query_chars=shipped.max_query_chars))
+        except ValueError as exc:
+            warnings.warn(f"{exc}; using the config tuned for the default catalog instead: tune one for "
+                          "this catalog with `task-matcher tune`", ConfigWarning, stacklevel=4)
+            return shipped
+        _log.info("self-calibration done in %.1f s", time.perf_counter() - started)
+        try:
+            fitted.save(path)
+        except OSError as exc:
+            warnings.warn(f"cannot cache the self-calibration at {path} ({exc}); it will be fitted again "
+                          "next time", RuntimeWarning, stacklevel=4)
+        return fitted
+
+    def _request_gate(self) -> RequestGate | None:
+        if self._gate is None and self.config.gate is not None:
+            gate = self.config.request_gate()
+            if gate is not None and gate.reads_embeddings and self._embedder is None:
+                raise ConfigError(
+                    "this config's request gate reads sentence embeddings, so it needs the semantic "
+                    "backstop: use semantic=True, or the keyword-only config default_config(semantic=False)")
+            self._gate = gate
+        return self._gate
 
     @property
     def semantic_enabled(self) -> bool:
@@ -91,13 +167,17 @@ class Matcher:
         if self._keyword is None:
             with self._lock:
                 if self._keyword is None:
+                    config = self.config  # resolved (and logged) first, so the timing is the index's own
+                    started = time.perf_counter()
                     from .keyword import KeywordIndex  # scipy and scikit-learn load here, once
 
                     self._keyword = KeywordIndex(
-                        self._profiles, weights=self.config.field_weights,
-                        fuzzy_cutoff=self.config.fuzzy_cutoff,
-                        fuzzy_min_length=self.config.fuzzy_min_length,
+                        self._profiles, weights=config.field_weights,
+                        fuzzy_cutoff=config.fuzzy_cutoff,
+                        fuzzy_min_length=config.fuzzy_min_length,
                     )
+                    _log.info("keyword index built: %d profiles in %.2f s", len(self._profiles),
+                              time.perf_counter() - started)
         return self._keyword
 
     def _semantic_index(self) -> SemanticIndex | None:
@@ -106,11 +186,14 @@ class Matcher:
         if self._semantic is None:
             with self._lock:
                 if self._semantic is None:
+                    started = time.perf_counter()
                     self._semantic = SemanticIndex(
                         self._profiles, self._embedder, fingerprint=self.catalog.fingerprint,
                         cache_dir=self._cache_dir,
                         centroid_weight=self.config.semantic_centroid_weight,
                     )
+                    _log.info("semantic index built: %d profiles in %.1f s", len(self._profiles),
+                              time.perf_counter() - started)
         return self._semantic
 
     def warm_up(self) -> None:
@@ -143,8 +226,27 @@ class Matcher:
         return normalized
 
     def _score(self, normalized: str) -> _Scored:
+        """Score the request part of `normalized` (negated mentions removed); the gate reads it whole."""
+        request, negated = split_negated(normalized)
+        request_gate = self._request_gate()
+        vector = None
+        if request_gate is not None and request_gate.reads_embeddings:
+            index = self._semantic_index()  # present: _request_gate checked it
+            if index is not None:
+                vector = index.encode([request])[0]  # encoded once: the gate and the semantic path share it
+        gate = None if request_gate is None else request_gate.probability(normalized, vector)
+        excluded = ruled_out_profiles(self._keyword_index(), negated)
+        return replace(self._score_request(request, vector, excluded), gate=gate, negated=negated,
+                       normalized=normalized)
+
+    def _score_request(self, normalized: str, vector: npt.NDArray[np.float32] | None = None,
+                       excluded: tuple[int, ...] = ()) -> _Scored:
+        """Keyword scores, then the semantic backstop unless the keyword path is confident; the
+        `excluded` profiles (ruled out by the request) score 0 on every signal."""
         cfg = self.config
         keyword = self._keyword_index().score(normalized)
+        if excluded:
+            keyword = replace(keyword, raw=_zeroed(keyword.raw, excluded))
         kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
                               null_coverage=cfg.keyword_null_coverage, coverage=keyword.coverage,
                               decimals=cfg.score_decimals)
@@ -155,7 +257,10 @@ class Matcher:
         if index is None:
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
                            keyword.corrections, keyword.coverage)
-        similarity = np.round(index.similarities(normalized), 6)
+        if vector is None:
+            vector = index.encode([normalized])[0]
+        centroid, best = index.components(vector[None, :])
+        similarity = _zeroed(np.round(index.mix(centroid, best, cfg.semantic_centroid_weight)[0], 6), excluded)
         fused = cfg.semantic_fusion * keyword.raw + (1.0 - cfg.semantic_fusion) * similarity
         scores = calibrate(fused, slope=cfg.semantic_slope, null_bias=cfg.semantic_null_bias,
                            null_coverage=cfg.semantic_null_coverage, coverage=keyword.coverage,
@@ -183,7 +288,10 @@ class Matcher:
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
         out_of_scope = best_unsupported >= cfg.medium_threshold and best_unsupported > task_scores[0]
         known_words = scored.matcher == "semantic" or scored.coverage >= cfg.keyword_min_coverage
-        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=not out_of_scope and known_words)
+        gate_rejects = scored.gate is not None and scored.gate < cfg.gate_threshold
+        allowed = not out_of_scope and known_words
+        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=allowed and not gate_rejects)
+        gate_decided = gate_rejects and allowed and confidence_tiers(task_scores[:2], cfg)[0] == HIGH
         candidates = tuple(
             TaskMatchCandidate(self._profiles[i].id, float(s), t)
             for i, s, t in zip(task_order[:top_k].tolist(), task_scores[:top_k], tiers, strict=False)
@@ -210,6 +318,9 @@ class Matcher:
             similarity=None if scored.semantic is None else float(scored.semantic[position]),
             runner_up=self._profiles[int(task_order[1])] if ambiguous else None,
             corrections=scored.corrections,
+            not_a_request=(self._gate.evidence(scored.normalized)[0]
+                           if gate_decided and self._gate is not None else None),
+            negated=scored.negated,
         )
         capability = None
         if kind == "capability":
@@ -266,6 +377,34 @@ class Matcher:
                 corrections=scored.corrections,
             ))
         return explanations
+
+
+_RULED_OUT_MIN_RAW = 0.2
+
+
+def ruled_out_profiles(index: KeywordIndex, spans: Sequence[str]) -> tuple[int, ...]:
+    """Positions of the profiles that negated mentions name ("not sentiment" names sentiment analysis).
+
+    Each span's best keyword match, under fixed equal signal weights so that tuning and matching
+    agree, when its raw score reaches `_RULED_OUT_MIN_RAW`; ties go to the first profile by id.
+    """
+    from .keyword import combine
+
+    positions: set[int] = set()
+    for span in spans:
+        raw = combine(index.components(span), FieldWeights())
+        best = int(np.argmax(raw))
+        if raw[best] >= _RULED_OUT_MIN_RAW:
+            positions.add(best)
+    return tuple(sorted(positions))
+
+
+def _zeroed(values: FloatArray, positions: tuple[int, ...]) -> FloatArray:
+    if not positions:
+        return values
+    copy = values.copy()
+    copy[list(positions)] = 0.0
+    return copy
 
 
 def _ranking(scores: FloatArray) -> npt.NDArray[np.int64]:
@@ -331,3 +470,34 @@ def match(query: str, top_k: int = 5) -> TaskMatch:
     """Match `query` against the bundled default catalog with the default configuration."""
     return _default_matcher().match(query, top_k)
 
+
+
+def _tuned_for(config: MatcherConfig, catalog: Catalog) -> bool:
+    """Whether `config` was tuned (or self-calibrated) for exactly this catalog."""
+    return bool(config.tuning) and (config.tuning or {}).get("catalog_fingerprint") == catalog.fingerprint
+
+
+def _warn_if_tuned_elsewhere(config: MatcherConfig, catalog: Catalog) -> None:
+    tuned = (config.tuning or {}).get("catalog_fingerprint")
+    if tuned and tuned != catalog.fingerprint:
+        warnings.warn(
+            f"this config was tuned for another catalog (fingerprint {tuned[:12]}, this one is "
+            f"{catalog.fingerprint[:12]}): its thresholds may not hold here. Pass config=None to "
+            "self-calibrate, or tune one for this catalog with `task-matcher tune`.",
+            ConfigWarning, stacklevel=3)
+
+
+_SELF_CALIBRATION_FORMAT = 1
+
+
+def _self_calibration_path(cache_dir: Path | None, fingerprint: str, model: str | None) -> Path:
+    """Cache file of a catalog's self-calibration, keyed by catalog, model and the shipped inputs."""
+    from .semantic import default_cache_dir
+
+    shipped = resources.files("matcher") / "data" / "out-of-scope.jsonl"
+    digest = hashlib.sha256(json.dumps({"format": _SELF_CALIBRATION_FORMAT, "fingerprint": fingerprint,
+                                        "model": model, "config_version": CONFIG_VERSION},
+                                       sort_keys=True).encode())
+    digest.update(shipped.read_bytes() if shipped.is_file() else b"")
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    return folder / f"selfcal-{digest.hexdigest()[:24]}.json"

@@ -6,6 +6,7 @@ __all__ = [
     "CatalogError",
     "CatalogWarning",
     "ConfigError",
+    "ConfigWarning",
     "MatcherError",
     "QueryError",
     "SemanticUnavailableError",
@@ -59,6 +60,10 @@ class ConfigError(MatcherError, ValueError):
 
 class SemanticUnavailableError(MatcherError, ImportError):
     """The semantic backstop was requested but its optional dependencies are missing."""
+
+
+class ConfigWarning(UserWarning):
+    """A config is used where it may not hold, such as one tuned for another catalog."""
 
 
 class CatalogWarning(UserWarning):

@@ -25,9 +25,24 @@ def _name(task: Task) -> str:
 
 def outcome_reasoning(*, kind: str, profile: Task | None, words: Sequence[str], score: float,
                       matcher: str, similarity: float | None, runner_up: Task | None,
-                      corrections: Sequence[FuzzyCorrection]) -> str:
-    """One to three sentences: what the outcome is, which words supported it, and any caveat."""
+                      corrections: Sequence[FuzzyCorrection],
+                      not_a_request: Sequence[str] | None = None, negated: Sequence[str] = ()) -> str:
+    """One to three sentences: what the outcome is, which words supported it, and any caveat.
+
+    `not_a_request` holds the words that made the request gate judge the text a mention of a
+    task rather than a request for one (None when the gate did not decide the outcome);
+    `negated` the mentions the user ruled out ("not sentiment"), which were not scored.
+    """
     sentences: list[str] = []
+    if not_a_request is not None:
+        cue = (f" (the {'word' if len(not_a_request) == 1 else 'words'} {_quoted(not_a_request)} "
+               "weigh against it)") if not_a_request else ""
+        closest = f"; the closest task is {_name(profile)} with score {score:.2f}" if profile is not None else ""
+        sentences.append(f"This reads as a remark, question or action that is not a request for a catalog "
+                         f"task{cue}, so nothing matched{closest}.")
+        if negated:
+            sentences.append(f"Ruled out by the request and not scored: {_quoted(negated)}.")
+        return " ".join(sentences)
     if len(words) == 1:
         evidence = f"the request's word {_quoted(words)} appears in its profile"
     else:
@@ -58,6 +73,8 @@ def outcome_reasoning(*, kind: str, profile: Task | None, words: Sequence[str], 
         )
     if runner_up is not None and kind in ("task", "capability", "none") and len(sentences) < 3:
         sentences.append(f"{_name(runner_up)} scored almost as high, so the request is ambiguous.")
+    if negated and len(sentences) < 3:
+        sentences.append(f"Ruled out by the request and not scored: {_quoted(negated)}.")
     if corrections and len(sentences) < 3:
         fixes = ", ".join(f"'{c.original}' as '{c.corrected}'" for c in corrections[:3])
         sentences.append(f"Read {fixes}.")

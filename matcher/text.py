@@ -10,7 +10,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-__all__ = ["STOP_WORDS", "content_terms", "normalize", "stem", "tokenize"]
+__all__ = ["STOP_WORDS", "content_terms", "normalize", "split_negated", "stem", "tokenize"]
 
 # Format characters (zero-width spaces and joiners, bidi marks, BOM) vanish, so "in\u200bvoice"
 # still reads "invoice"; controls and other invisible characters become spaces, so "a\x00b"
@@ -107,3 +107,36 @@ def stem(token: str) -> str:
 def content_terms(normalized: str) -> list[str]:
     """Stemmed tokens of normalized text with stop words removed, in text order."""
     return [stem(tok) for tok in tokenize(normalized) if tok not in STOP_WORDS]
+
+
+# A negated or contrasted mention ("not sentiment", "no need to translate the tickets", "instead
+# of a summary") names a task the user does NOT want. It runs from the cue to the end of its
+# clause: punctuation, or a word that turns to what the user does want ("just", "only", "but").
+_NEGATION_CUE = (
+    r"(?:not|don't|dont|do not|does not|doesn't|no need (?:to|for)|no longer need|won't need|"
+    r"will not need|never mind|instead of|rather than|other than|forget about)"
+)
+_NEGATED_SPAN = re.compile(
+    rf"\b{_NEGATION_CUE}\b(?:(?![.,;:!?()]|\b(?:just|only|but|instead|rather|we|i)\b).)*"
+    r"|\bno\b(?:(?![.,;:!?()]).){1,40}?\b(?:needed|required|necessary)\b"
+)
+
+
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
+
+
+def split_negated(normalized: str) -> tuple[str, tuple[str, ...]]:
+    """The request with negated or contrasted mentions removed, and those mentions.
+
+    "not sentiment, which product is each review about" asks for the product, not for sentiment;
+    scoring the words of "not sentiment" would rank the task the user ruled out first. When
+    nothing but negated words remains, the text is kept whole: there is no other request to read.
+    """
+    spans = tuple(match.group(0).strip() for match in _NEGATED_SPAN.finditer(normalized))
+    if not spans:
+        return normalized, ()
+    kept = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", _WHITESPACE.sub(" ", _NEGATED_SPAN.sub(" ", normalized)))
+    kept = kept.strip(" ,.;:!?")
+    if not content_terms(kept):
+        return normalized, ()
+    return kept, spans

@@ -11,9 +11,11 @@ import itertools
 import json
 import logging
 import math
+import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,14 +23,16 @@ import numpy as np
 import numpy.typing as npt
 
 from .calibration import calibrate
-from .catalog import Catalog
+from .catalog import Catalog, Task
 from .config import FieldWeights, MatcherConfig
-from .engine import Matcher, SemanticOption
-from .errors import UnknownTaskError
+from .engine import Matcher, SemanticOption, ruled_out_profiles
+from .errors import CatalogWarning, UnknownTaskError
+from .gate import RequestGate, fit_gate
 from .keyword import SIGNALS, combine
-from .text import normalize
+from .semantic import Embedder, profile_texts
+from .text import normalize, split_negated
 
-__all__ = ["load_labelled", "tune"]
+__all__ = ["load_labelled", "self_calibrate", "tune"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -48,6 +52,8 @@ _CALIBRATION_STEPS = (0.1, 0.02, 0.02)
 """Grid of (slope, null bias, null coverage weight): far coarser than any CPU's rounding noise,
 far finer than a change that moves a decision (a slope step of 0.1 moves a score by < 0.002)."""
 _GRID_TOLERANCE = 1e-9
+_GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(19))
+_GATE_FOLDS = 5
 _LABELLED_KEYS = frozenset({"text", "task_id", "style", "kind", "note"})
 
 
@@ -97,22 +103,76 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
         raise ValueError(f"out_of_scope_share must be in (0, 1) or None, got {out_of_scope_share}")
 
     matcher = Matcher(catalog, semantic=semantic, config=base)
-    profiles = catalog.profiles()
-    position = {p.id: i for i, p in enumerate(profiles)}
-    is_task = np.array([p.kind == "task" for p in profiles])
-    labels = np.array([position[label] if label is not None else -1 for _, label in pairs])
-    in_scope = labels >= 0
-    weights_per_query = _query_weights(in_scope, out_of_scope_share)
-    texts = [normalize(text) for text, _ in pairs]
+    labels = _positions(catalog, [label for _, label in pairs])
+    observed = _observe(matcher, [normalize(text) for text, _ in pairs], labels, progress=progress)
+    return _fit(matcher, observed, target_precision=target_precision, out_of_scope_share=out_of_scope_share,
+                gate_learns_catalog_phrases=True, source="labelled queries", progress=progress)
 
+
+@dataclass(frozen=True)
+class _Observed:
+    """What the engine sees of each query against a catalog: keyword signals, coverage, embedding cosines."""
+
+    texts: list[str]
+    labels: IntArray
+    signals: dict[str, FloatArray]
+    coverage: FloatArray
+    centroid: FloatArray | None
+    best: FloatArray | None
+    vectors: npt.NDArray[np.float32] | None = None
+
+    @staticmethod
+    def concat(parts: list[_Observed]) -> _Observed:
+        semantic = all(p.centroid is not None for p in parts)
+        return _Observed(
+            texts=[t for p in parts for t in p.texts],
+            labels=np.concatenate([p.labels for p in parts]),
+            signals={name: np.vstack([p.signals[name] for p in parts]) for name in SIGNALS},
+            coverage=np.concatenate([p.coverage for p in parts]),
+            centroid=np.vstack([p.centroid for p in parts if p.centroid is not None]) if semantic else None,
+            best=np.vstack([p.best for p in parts if p.best is not None]) if semantic else None,
+            vectors=np.vstack([p.vectors for p in parts if p.vectors is not None]) if semantic else None,
+        )
+
+
+def _positions(catalog: Catalog, labels: list[str | None]) -> IntArray:
+    position = {p.id: i for i, p in enumerate(catalog.profiles())}
+    return np.array([position[label] if label is not None else -1 for label in labels], dtype=np.int64)
+
+
+def _observe(matcher: Matcher, texts: list[str], labels: IntArray, *, progress: bool = False) -> _Observed:
+    """Score normalized `texts` as the engine does: negated mentions removed, each query on its own."""
+    requests = [split_negated(text)[0] for text in texts]
     index = matcher._keyword_index()
-    signals = {name: np.zeros((len(pairs), len(profiles))) for name in SIGNALS}
-    coverage = np.zeros(len(pairs))
-    for row, text in enumerate(_progress(texts, progress, "keyword signals")):
-        repaired = index.repair(text)[0]
-        coverage[row] = index.coverage(repaired)
+    n_profiles = len(matcher.catalog.profiles())
+    signals = {name: np.zeros((len(texts), n_profiles)) for name in SIGNALS}
+    coverage = np.zeros(len(texts))
+    excluded = [ruled_out_profiles(index, split_negated(text)[1]) for text in texts]
+    for row, text in enumerate(_progress(requests, progress, "keyword signals")):
+        coverage[row] = index.coverage(index.repair(text)[0])
         for name, values in index.components(text).items():
             signals[name][row] = values
+            signals[name][row, list(excluded[row])] = 0.0
+    centroid = best = vectors = None
+    semantic_index = matcher._semantic_index()
+    if semantic_index is not None:
+        vectors = np.vstack([semantic_index.encode([text]) for text in _progress(requests, progress, "embeddings")])
+        centroid, best = semantic_index.components(vectors)
+        for row, positions in enumerate(excluded):  # a profile the request ruled out scores 0, as in the engine
+            centroid[row, list(positions)] = 0.0
+            best[row, list(positions)] = 0.0
+    return _Observed(texts, labels, signals, coverage, centroid, best, vectors)
+
+
+def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_of_scope_share: float | None,
+         gate_learns_catalog_phrases: bool, source: str, progress: bool = False) -> MatcherConfig:
+    """Every weight, calibration curve, the request gate and the thresholds, from observed queries."""
+    base, catalog = matcher.config, matcher.catalog
+    profiles = catalog.profiles()
+    is_task = np.array([p.kind == "task" for p in profiles])
+    labels, coverage, signals = observed.labels, observed.coverage, observed.signals
+    in_scope = labels >= 0
+    weights_per_query = _query_weights(in_scope, out_of_scope_share)
 
     weights = _fit_weights(signals, base.field_weights, labels, is_task)
     keyword_raw = combine(signals, weights)
@@ -127,9 +187,8 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
 
     semantic_path: _Path | None = None
     semantic_index = matcher._semantic_index()
-    if semantic_index is not None:
-        vectors = np.vstack([semantic_index.encode([text]) for text in _progress(texts, progress, "embeddings")])
-        centroid, best = semantic_index.components(vectors)
+    if semantic_index is not None and observed.centroid is not None and observed.best is not None:
+        centroid, best = observed.centroid, observed.best
         centroid_weight, fusion = _fit_fusion(semantic_index.mix, centroid, best, keyword_raw,
                                               labels, is_task)
         fused = fusion * keyword_raw + (1.0 - fusion) * np.round(
@@ -142,32 +201,149 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
                          semantic_null_coverage=s_coverage)
         semantic_scores = calibrate(fused, slope=s_slope, null_bias=s_bias, null_coverage=s_coverage,
                                     coverage=coverage, decimals=base.score_decimals)
-        semantic_path = _reduce(semantic_scores, labels, is_task, np.ones(len(pairs), dtype=bool))
+        semantic_path = _reduce(semantic_scores, labels, is_task, np.ones(len(labels), dtype=bool))
 
+    gate, gate_scores = _fit_request_gate(matcher, observed, learn_catalog_phrases=gate_learns_catalog_phrases,
+                                          progress=progress)
+    config = replace(config, gate=gate.to_dict())
     config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
-                             weights_per_query, progress=progress)
-    decisions = _decide(config, keyword_path, semantic_path)
+                             weights_per_query, gate_scores, progress=progress)
+    decisions = _decide(config, keyword_path, semantic_path, gate_scores)
     right = float(weights_per_query[decisions.matched & decisions.correct & in_scope].sum())
     answered = float(weights_per_query[decisions.matched].sum())
     target_met = _precision_lower_bound(right, answered) >= target_precision
     if not target_met:
         warnings.warn(
-            f"no setting reaches {target_precision:.0%} precision for high answers on these labelled "
-            "queries (one-sided 95% bound); the most precise setting was kept, so `matched` will be "
+            f"no setting reaches {target_precision:.0%} precision for high answers on these {source} "
+            "(one-sided 95% bound); the most precise setting was kept, so `matched` will be "
             "wrong more often than the target. Add labelled data, enrich the catalog profiles or "
-            "enable the semantic backstop.", RuntimeWarning, stacklevel=2)
-    report = _report(config, keyword_path, semantic_path, labels, profiles_ids=[p.id for p in profiles])
+            "enable the semantic backstop.", RuntimeWarning, stacklevel=3)
+    report = _report(config, keyword_path, semantic_path, labels, gate_scores,
+                     profiles_ids=[p.id for p in profiles])
     report.update({
+        "source": source,
         "target_precision": target_precision,
         "target_met": bool(target_met),
+        "labels_needed": _labels_needed(right, answered, target_precision),
         "out_of_scope_share": out_of_scope_share,
-        "queries": len(pairs),
+        "queries": len(labels),
         "in_scope": int(in_scope.sum()),
         "out_of_scope": int((~in_scope).sum()),
         "catalog_fingerprint": catalog.fingerprint,
         "semantic_model": None if semantic_index is None else matcher._embedder.model_id  # type: ignore[union-attr]
     })
     return replace(config, tuning=report)
+
+
+_SELF_CALIBRATION_FOLDS = 2
+
+
+def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base: MatcherConfig | None = None,
+                   out_of_scope: Iterable[str] | None = None, target_precision: float = 0.97,
+                   out_of_scope_share: float | None = 0.25, progress: bool = False) -> MatcherConfig:
+    """Fit a `MatcherConfig` for a catalog that has no labelled queries, from its own texts.
+
+    Each task's phrases are split into two folds by position; every phrase is scored as a
+    pseudo-query against the catalog without its fold, so it cannot find itself (the phrases of
+    out-of-scope profiles become out-of-scope pseudo-queries). The shipped out-of-scope corpus
+    (`matcher/data/out-of-scope.jsonl`: questions about a service, real-world actions, remarks,
+    other ML jobs), or `out_of_scope`, is scored against the whole catalog as negatives. Then
+    everything is fitted as `tune` does. Raises ValueError when the catalog has fewer than 10
+    phrases to hold out; `Matcher` then falls back to the shipped config with a warning.
+    """
+    base = base if base is not None else MatcherConfig()
+    negatives = [normalize(t) for t in (out_of_scope if out_of_scope is not None else _shipped_out_of_scope())]
+    folds = [_fold(catalog, fold) for fold in range(_SELF_CALIBRATION_FOLDS)]
+    held = sum(1 for _, queries in folds for _, label in queries if label is not None)
+    if held < _MIN_IN_SCOPE:
+        raise ValueError(f"{catalog.source}: self-calibration needs at least {_MIN_IN_SCOPE} task phrases that "
+                         f"can be held out (tasks with two or more phrases); this catalog has {held}")
+    full = Matcher(catalog, semantic=semantic, config=base)
+    embedder = full._embedder
+    memo: _MemoEmbedder | None = None
+    if embedder is not None:
+        texts = {text for task in catalog.profiles() for text in profile_texts(task)}
+        texts.update(split_negated(text)[0] for _, queries in folds for text, _ in queries)
+        texts.update(split_negated(text)[0] for text in negatives)
+        memo = _MemoEmbedder(embedder)
+        memo.prime(sorted(texts), progress=progress)
+    parts: list[_Observed] = []
+    with tempfile.TemporaryDirectory(prefix="task-matcher-selfcal-") as scratch:
+        if memo is not None:  # the real index is built by the engine itself, never from these vectors
+            full = Matcher(catalog, semantic=memo, config=base, cache_dir=scratch)
+            full.warm_up()
+        for fold_catalog, queries in _progress(folds, progress, "self-calibration folds", unit="fold"):
+            fold_matcher = Matcher(fold_catalog, semantic=memo if memo is not None else False, config=base,
+                                   cache_dir=scratch)
+            parts.append(_observe(fold_matcher, [text for text, _ in queries],
+                                  _positions(catalog, [label for _, label in queries])))
+    parts.append(_observe(full, negatives, np.full(len(negatives), -1, dtype=np.int64)))
+    return _fit(full, _Observed.concat(parts), target_precision=target_precision,
+                out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=False,
+                source="held-out catalog phrases (self-calibration)", progress=progress)
+
+
+def _fold(catalog: Catalog, fold: int) -> tuple[Catalog, list[tuple[str, str | None]]]:
+    """The catalog without each profile's phrases at positions ``fold, fold + 2, ...``, and those
+    phrases (normalized) labelled with their task, or None for an out-of-scope profile. A profile
+    with a single phrase keeps it."""
+    profiles: list[Task] = []
+    queries: list[tuple[str, str | None]] = []
+    for task in catalog.profiles():
+        if len(task.phrases) < 2:
+            profiles.append(task)
+            continue
+        out = [p for i, p in enumerate(task.phrases) if i % _SELF_CALIBRATION_FOLDS == fold]
+        kept = [p for i, p in enumerate(task.phrases) if i % _SELF_CALIBRATION_FOLDS != fold]
+        profiles.append(replace(task, phrases=tuple(kept)))
+        queries.extend((normalize(p), task.id if task.kind == "task" else None) for p in out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CatalogWarning)  # the whole catalog has already said so
+        return Catalog(profiles, source=f"{catalog.source} (fold {fold})"), queries
+
+
+def _shipped_out_of_scope() -> list[str]:
+    """The out-of-scope corpus shipped with the package, for self-calibration."""
+    shipped = resources.files("matcher") / "data" / "out-of-scope.jsonl"
+    with resources.as_file(shipped) as path:
+        return [text for text, _ in load_labelled(path)]
+
+
+class _MemoEmbedder:
+    """Encodes each distinct text once, in batches, then serves it from memory (self-calibration only)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+        self._vectors: dict[str, npt.NDArray[np.float32]] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
+    def prime(self, texts: list[str], *, progress: bool = False, batch: int = 256) -> None:
+        missing = [t for t in texts if t not in self._vectors]
+        chunks = [missing[i:i + batch] for i in range(0, len(missing), batch)]
+        for chunk in _progress(chunks, progress, "self-calibration embeddings", unit="batch"):
+            for text, vector in zip(chunk, self._inner.encode(chunk), strict=True):
+                self._vectors[text] = vector
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.prime(list(dict.fromkeys(texts)))
+        return np.vstack([self._vectors[t] for t in texts]).astype(np.float32)
+
+
+def _labels_needed(right: float, answered: float, target: float) -> int | None:
+    """How many answered queries, at the observed precision, would put its 95% lower bound at `target`.
+
+    None when the observed precision itself is below the target: no amount of such data suffices.
+    """
+    if answered <= 0 or right / answered < target:
+        return None
+    precision = right / answered
+    for n in itertools.chain(range(1, 1000), range(1000, 100_001, 100)):
+        if _precision_lower_bound(precision * n, float(n)) >= target:
+            return n
+    return None
 
 
 def load_labelled(path: str | Path) -> list[tuple[str, str | None]]:
@@ -357,6 +533,43 @@ def _reduce(scores: FloatArray, labels: IntArray, is_task: BoolArray, known_word
                  unsupported=unsupported, task_leads=top >= unsupported, known_words=known_words)
 
 
+def _fit_request_gate(matcher: Matcher, observed: _Observed, *, learn_catalog_phrases: bool = True,
+                      progress: bool = False) -> tuple[RequestGate, FloatArray]:
+    """The request gate fitted on every observed query and the catalog's phrases, and out-of-fold
+    probabilities of the observed queries (fold = row number mod 5) for choosing its threshold.
+
+    The catalog's task phrases are requests and its out-of-scope profiles' phrases are not; they
+    are in every fold's training data. Both classes weigh the same in the fit. With the semantic
+    backstop the gate also reads each request's embedding (the vector the engine computes anyway).
+    """
+    catalog = matcher.catalog
+    phrases = [(normalize(phrase), task.kind == "task") for task in catalog.profiles() for phrase in task.phrases]
+    if not learn_catalog_phrases:  # the queries are the catalog's own phrases, held out
+        phrases = []
+    catalog_texts = [text for text, _ in phrases]
+    all_texts = [*catalog_texts, *observed.texts]
+    all_labels = np.asarray([*(label for _, label in phrases), *(observed.labels >= 0).tolist()], dtype=bool)
+    vectors: npt.NDArray[np.float32] | None = None
+    index = matcher._semantic_index()
+    if index is not None and observed.vectors is not None:
+        phrase_vectors = (index.encode([split_negated(text)[0] for text in catalog_texts]) if catalog_texts
+                          else np.zeros((0, observed.vectors.shape[1]), dtype=np.float32))
+        vectors = np.vstack([phrase_vectors, observed.vectors]).astype(np.float32)
+    positives, negatives = int(all_labels.sum()), int((~all_labels).sum())
+    balance = np.where(all_labels, 1.0, positives / max(negatives, 1))
+    folds = np.concatenate([np.full(len(catalog_texts), -1), np.arange(len(observed.texts)) % _GATE_FOLDS])
+    out_of_fold = np.zeros(len(observed.texts))
+    for fold in _progress(list(range(_GATE_FOLDS)), progress, "request gate", unit="fold"):
+        train = folds != fold
+        gate = fit_gate([t for t, keep in zip(all_texts, train, strict=True) if keep], all_labels[train],
+                        vectors=None if vectors is None else vectors[train], sample_weight=balance[train])
+        for row in np.flatnonzero(folds == fold):
+            out_of_fold[row - len(catalog_texts)] = gate.probability(
+                all_texts[row], None if vectors is None else vectors[row])
+    final = fit_gate(all_texts, all_labels, vectors=vectors, sample_weight=balance)
+    return final, out_of_fold
+
+
 @dataclass(frozen=True)
 class _Decisions:
     predicted: npt.NDArray[np.int64]
@@ -367,8 +580,10 @@ class _Decisions:
     semantic: BoolArray
 
 
-def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None) -> _Decisions:
-    """What the engine's cascade answers for every query under `config` (vectorized)."""
+def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
+            gate: FloatArray | None = None) -> _Decisions:
+    """What the engine's cascade answers for every query under `config` (vectorized); `gate` holds
+    each query's request-gate probability."""
     h, m, medium = config.high_threshold, config.high_margin, config.medium_threshold
     lead_kw = np.round(keyword.top - keyword.second, config.score_decimals)
     use_keyword = (keyword.task_leads & (keyword.top > keyword.unsupported) & keyword.known_words
@@ -384,6 +599,8 @@ def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None) -> _D
     out_of_scope = (unsupported >= medium) & (unsupported > top)
     lead = np.round(top - second, config.score_decimals)
     matched = ~out_of_scope & known_words & (top >= h) & (lead >= m)
+    if gate is not None:
+        matched &= gate >= config.gate_threshold
     predicted = np.where(use_keyword, keyword.first, semantic.first)
     return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
 
@@ -400,19 +617,22 @@ def _precision_lower_bound(right: float, answered: float, z: float = 1.645) -> f
 
 
 def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
-                    in_scope: BoolArray, target: float, weights: FloatArray, *,
+                    in_scope: BoolArray, target: float, weights: FloatArray, gate: FloatArray, *,
                     progress: bool = False) -> MatcherConfig:
-    """Pick (fallback, high, margin) answering most queries right at `target` precision, then medium.
+    """Pick (fallback, high, margin, gate threshold) answering most queries right at `target` precision,
+    then medium.
 
     Precision is judged by its one-sided 95% Wilson lower bound (z = 1.645, chosen by two-fold
     cross-validation on the tuning split), so a target reached on the tuning queries is not an
     artefact of a few lucky answers, with each query weighted as in the calibration fit, so a
     false match on an out-of-scope query costs what `out_of_scope_share` says; if no setting reaches it, the most
-    precise one wins. Ties go to the stricter threshold and margin and to the lower fallback
-    threshold, which leaves more queries to the fast keyword path.
+    precise one wins. Ties go to the more precise setting, then the stricter threshold, margin and
+    gate, and to the lower fallback threshold, which leaves more queries to the fast keyword path.
+    `gate` holds out-of-fold gate probabilities, so the gate threshold is judged on queries the gate
+    did not learn from.
 
-    ``medium`` extends down while unmatched answers scoring in each 0.1-wide band below it are
-    still right at least half of the time.
+    ``medium`` starts 0.1 below ``high`` (so a medium tier always exists) and extends down while
+    unmatched answers scoring in each 0.1-wide band below it are still right at least half of the time.
     """
     best_key: tuple[float, ...] | None = None
     chosen = config
@@ -422,20 +642,24 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
         for fallback in (f for f in fallbacks if f >= high):
             candidate = replace(config, high_threshold=high, high_margin=margin,
                                 ambiguity_margin=margin, fallback_threshold=fallback,
-                                medium_threshold=min(config.medium_threshold, high))
-            d = _decide(candidate, keyword, semantic)
-            answered = float(weights[d.matched].sum())
-            right = float(weights[d.matched & d.correct & in_scope].sum())
-            precision = _precision_lower_bound(right, answered)
-            meets = precision >= target
-            key = (float(meets), right if meets else precision, high, margin, -fallback)
-            if best_key is None or key > best_key:
-                best_key, chosen = key, candidate
-    d = _decide(chosen, keyword, semantic)
-    medium = chosen.high_threshold
+                                medium_threshold=min(config.medium_threshold, high), gate_threshold=0.0)
+            ungated = _decide(candidate, keyword, semantic)
+            right_if_matched = ungated.correct & in_scope
+            for gate_threshold in _GATE_THRESHOLDS:
+                matched = ungated.matched & (gate >= gate_threshold)
+                answered = float(weights[matched].sum())
+                right = float(weights[matched & right_if_matched].sum())
+                precision = _precision_lower_bound(right, answered)
+                meets = precision >= target
+                key = (float(meets), right if meets else precision, precision, high, margin, gate_threshold,
+                       -fallback)
+                if best_key is None or key > best_key:
+                    best_key, chosen = key, replace(candidate, gate_threshold=gate_threshold)
+    d = _decide(chosen, keyword, semantic, gate)
     band_width = 0.1
+    medium = max(0.05, round(chosen.high_threshold - band_width, 3))  # a medium tier always exists
     for threshold in sorted({*_THRESHOLDS, *(round(0.05 * i, 2) for i in range(1, 6))}, reverse=True):
-        if threshold > chosen.high_threshold:
+        if threshold >= medium:
             continue
         band = ~d.matched & ~d.out_of_scope & (d.top >= threshold) & (d.top < threshold + band_width)
         if band.any() and (d.correct & in_scope)[band].mean() < _MEDIUM_PRECISION:
@@ -445,9 +669,9 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
 
 
 def _report(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
-            labels: IntArray, profiles_ids: list[str]) -> dict[str, Any]:
+            labels: IntArray, gate: FloatArray, profiles_ids: list[str]) -> dict[str, Any]:
     """Precision and recall of ``high`` answers at the chosen operating point, overall and per task."""
-    d = _decide(config, keyword, semantic)
+    d = _decide(config, keyword, semantic, gate)
     in_scope = labels >= 0
     right = d.matched & d.correct & in_scope
     answered = int(d.matched.sum())

@@ -36,7 +36,7 @@ def test_json_output_is_the_api_body_and_matches_the_contract_example() -> None:
 
 
 def test_table_output_is_ranked_and_aligned(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["extract tables from invoices", "--top-k", "3", "--semantic", "off"]) == 0
+    assert main(["extract fields from invoices and receipts", "--top-k", "3", "--semantic", "off"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "matched invoice-extraction (high, via keyword)"
     start = next(i for i, line in enumerate(lines) if line.startswith("rank"))

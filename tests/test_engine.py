@@ -236,3 +236,44 @@ def test_import_does_not_load_torch_or_sentence_transformers() -> None:
 def test_task_match_round_trips_through_json(default_keyword_matcher: Matcher) -> None:
     result: TaskMatch = default_keyword_matcher.match("transcribe recorded sales calls")
     assert json.loads(json.dumps(result.to_dict()))["candidates"][0]["task_id"] == "speech-to-text"
+
+
+# Sentences that mention a task's subject without asking for it: questions about the service,
+# real-world actions, remarks. Written for these tests, not taken from any labelled corpus.
+NEAR_MISSES = [
+    "please archive the signed contracts from 2019 in the basement cabinet",
+    "does the invoice extraction model run on-prem or only in your cloud",
+    "my boss spilled coffee on a stack of receipts again",
+    "print 200 copies of the meeting summary for tomorrow",
+]
+# Requests that rule out one task and ask for another.
+NEGATED = [
+    ("no need to translate the tickets, just tell me what language each one is in", "translation"),
+    ("we don't want a summary of the call, only the list of who has to do what by when",
+     "meeting-summarization"),
+    ("not sentiment, we want to know which product each review is about", "sentiment-analysis"),
+]
+
+
+@pytest.mark.parametrize("query", NEAR_MISSES)
+def test_a_sentence_that_only_mentions_a_task_is_not_matched(default_keyword_matcher: Matcher,
+                                                             query: str) -> None:
+    result = default_keyword_matcher.match(query)
+    assert not result.matched
+    assert result.type in ("none", "unsupported")
+
+
+@pytest.mark.parametrize(("query", "ruled_out"), NEGATED)
+def test_a_task_the_request_rules_out_is_never_the_confident_answer(default_keyword_matcher: Matcher,
+                                                                    query: str, ruled_out: str) -> None:
+    result = default_keyword_matcher.match(query)
+    assert not (result.matched and result.chosen is not None and result.chosen.task_id == ruled_out)
+    assert "Ruled out by the request" in result.reasoning
+
+
+def test_reasoning_says_why_a_mention_is_not_a_request(default_keyword_matcher: Matcher) -> None:
+    result = default_keyword_matcher.match("print 200 copies of the meeting summary for tomorrow")
+    assert result.type == "none"
+    assert result.candidates[0].task_id == "meeting-summarization"  # the topic ranks first ...
+    assert result.reasoning.startswith(  # ... but the gate says it is not asked for
+        "This reads as a remark, question or action that is not a request for a catalog task (the words ")

@@ -7,7 +7,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from matcher.text import STOP_WORDS, content_terms, normalize, stem, tokenize
+from matcher.text import STOP_WORDS, content_terms, normalize, split_negated, stem, tokenize
 
 
 def test_normalize_folds_width_case_and_ligatures() -> None:
@@ -64,3 +64,31 @@ def test_normalize_is_idempotent_and_leaves_no_invisible_characters(text: str) -
 def test_stem_is_deterministic_and_never_longer(word: str) -> None:
     assert stem(word) == stem(word)
     assert len(stem(word)) <= len(word)
+
+
+def test_negated_mentions_are_split_from_the_request() -> None:
+    def split(text: str) -> tuple[str, tuple[str, ...]]:
+        return split_negated(normalize(text))
+
+    assert split("not sentiment, we want to know which product each review is about") == (
+        "we want to know which product each review is about", ("not sentiment",))
+    assert split("no need to translate the tickets, just tell me what language each one is in") == (
+        "just tell me what language each one is in", ("no need to translate the tickets",))
+    assert split("I don't need to know who is speaking, just every word written out.") == (
+        "i, just every word written out", ("don't need to know who is speaking",))
+    assert split("No translation needed, the whole team speaks Portuguese.")[1] == ("no translation needed",)
+    assert split("translate this, not summarize") == ("translate this", ("not summarize",))
+
+
+def test_text_without_negation_or_with_nothing_else_is_kept_whole() -> None:
+    for text in ("invoice extraction", "they can't read the tickets", "is this not spam", "not sentiment"):
+        assert split_negated(normalize(text)) == (normalize(text), ())
+
+
+@given(st.text(max_size=200))
+def test_split_negated_only_removes_words(text: str) -> None:
+    normalized = normalize(text)
+    kept, spans = split_negated(normalized)
+    assert set(tokenize(kept)) <= set(tokenize(normalized))
+    assert (kept == normalized) == (not spans)
+    assert split_negated(normalized) == (kept, spans)
