@@ -2,11 +2,13 @@
 
 Two families:
 
-* ``default``: the bundled catalog with the labelled corpus of `corpora/queries/`
-  (`tune.jsonl` to tune, `test.jsonl` to report).
+* ``default`` and ``hard``: the bundled catalog tuned on `corpora/queries/` `tune.jsonl` +
+  `hard-tune.jsonl` (as the shipped configs are); ``default`` reports on `test.jsonl`, ``hard``
+  on `hard-test.jsonl` (requests in the shapes of real traffic and near-miss out-of-scope ones).
 * ``clinc-k5``, ``clinc-k10``, ``clinc-full``: CLINC150 (Larson et al. 2019) turned into an
   external catalog, one task per intent, whose phrases are K training utterances (the few-shot
-  files for K = 5 and 10, all 100 for ``full``); tuned on `val.jsonl`, reported on `test.jsonl`.
+  files for K = 5 and 10, all 100 for ``full``); tuned on `val.jsonl`, reported on `test.jsonl`,
+  and also run self-calibrated (`matcher.tuning.self_calibrate`, no labelled queries).
 
 The test split is read lazily, only when `Dataset.test()` is called, so everything that tunes
 (engine configuration, peer thresholds) provably runs before a single test row is read.
@@ -29,18 +31,26 @@ from matcher.text import normalize
 __all__ = [
     "CLINC_DATASETS",
     "DEFAULT_QUERIES_DIR",
+    "DEFAULT_TUNE_FILES",
+    "HARD_TEST_COUNTS",
+    "QUICK_LIMIT",
     "Dataset",
     "LabelledQuery",
     "clinc_dir",
     "load_clinc",
     "load_dataset",
     "load_default",
+    "load_hard",
     "read_jsonl",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_QUERIES_DIR = REPO_ROOT / "corpora" / "queries"
 CLINC_DATASETS: dict[str, int | None] = {"clinc-k5": 5, "clinc-k10": 10, "clinc-full": None}
+DEFAULT_TUNE_FILES = ("tune.jsonl", "hard-tune.jsonl")
+HARD_TEST_COUNTS = (318, 188)
+"""In-scope and out-of-scope lines of the whole `hard-test.jsonl` (checked by the tests)."""
+QUICK_LIMIT = 120
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class LabelledQuery:
     text: str
     task_id: str | None
     style: str | None = None
+    """The corpus's `style` or `kind` of the request (None when the corpus has neither)."""
 
     @property
     def in_scope(self) -> bool:
@@ -67,6 +78,8 @@ class Dataset:
     _load_test: Callable[[], tuple[LabelledQuery, ...]] = field(repr=False)
     _test: tuple[LabelledQuery, ...] | None = field(default=None, repr=False)
     subset: bool = False
+    self_calibrate: bool = False
+    """Also run our engine self-calibrated on the catalog alone (no labelled queries)."""
 
     def test(self) -> tuple[LabelledQuery, ...]:
         """The held-out split: report on it, never tune on it."""
@@ -95,31 +108,58 @@ def _check_labels(rows: Iterable[LabelledQuery], catalog: Catalog, source: str) 
             raise ValueError(f"{source}: label {row.task_id!r} is not a task of the catalog")
 
 
-def load_default(queries_dir: Path | None = None, *, limit: int | None = None,
-                 seed: int = 0) -> Dataset:
-    """The bundled catalog with `tune.jsonl` / `test.jsonl`; `limit` keeps a seeded sample of each."""
+def _labelled(row: dict[str, Any]) -> LabelledQuery:
+    return LabelledQuery(row["text"], row["task_id"], row.get("style", row.get("kind")))
+
+
+def _default_rows(folder: Path, names: Sequence[str], catalog: Catalog, limit: int | None,
+                  seed: int) -> tuple[LabelledQuery, ...]:
+    """The rows of the files in order; `limit` keeps a seeded sample of them all together."""
+    items: list[LabelledQuery] = []
+    for name in names:
+        rows = [_labelled(r) for r in read_jsonl(folder / name)]
+        _check_labels(rows, catalog, str(folder / name))
+        items.extend(rows)
+    if limit is not None and limit < len(items):
+        keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+        items = [items[i] for i in keep]
+    return tuple(items)
+
+
+def _bundled(name: str, test_file: str, about: str, queries_dir: Path | None, limit: int | None,
+             seed: int) -> Dataset:
     folder = queries_dir if queries_dir is not None else DEFAULT_QUERIES_DIR
     catalog = matcher.default_catalog()
-
-    def rows(name: str) -> tuple[LabelledQuery, ...]:
-        path = folder / name
-        items = [LabelledQuery(r["text"], r["task_id"], r.get("style")) for r in read_jsonl(path)]
-        if limit is not None and limit < len(items):
-            keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-            items = [items[i] for i in keep]
-        _check_labels(items, catalog, str(path))
-        return tuple(items)
-
+    sample = f"; seeded sample of {limit} lines per split" if limit is not None else ""
     return Dataset(
-        name="default",
+        name=name,
         catalog=catalog,
-        tune=rows("tune.jsonl"),
+        tune=_default_rows(folder, DEFAULT_TUNE_FILES, catalog, limit, seed),
         description=(f"bundled catalog ({len(catalog)} tasks + "
                      f"{len(catalog.profiles()) - len(catalog)} out-of-scope profiles); "
-                     "corpora/queries tune.jsonl / test.jsonl"),
-        _load_test=lambda: rows("test.jsonl"),
+                     f"{about}; tuned on corpora/queries {' + '.join(DEFAULT_TUNE_FILES)} as the shipped "
+                     f"configs{sample}"),
+        _load_test=lambda: _default_rows(folder, (test_file,), catalog, limit, seed),
         subset=limit is not None,
     )
+
+
+def load_default(queries_dir: Path | None = None, *, limit: int | None = None,
+                 seed: int = 0) -> Dataset:
+    """The bundled catalog, tuned on `tune.jsonl` + `hard-tune.jsonl`, reported on `test.jsonl`.
+
+    `limit` keeps a seeded sample of that many lines of each split.
+    """
+    return _bundled("default", "test.jsonl", "reported on corpora/queries test.jsonl", queries_dir,
+                    limit, seed)
+
+
+def load_hard(queries_dir: Path | None = None, *, limit: int | None = None, seed: int = 0) -> Dataset:
+    """As `load_default` (same catalog and tuning rows), reported on `hard-test.jsonl`."""
+    in_scope, oos = HARD_TEST_COUNTS
+    about = (f"reported on corpora/queries hard-test.jsonl, written in the shapes of real traffic, "
+             f"{in_scope} in-scope + {oos} near-miss out-of-scope test lines")
+    return _bundled("hard", "hard-test.jsonl", about, queries_dir, limit, seed)
 
 
 def intent_to_id(intent: str) -> str:
@@ -209,13 +249,17 @@ def load_clinc(k: int | None, *, root: Path | None = None, intents: int | None =
                     "tuned on val.jsonl, reported on test.jsonl",
         _load_test=lambda: split("test.jsonl"),
         subset=bool(subset),
+        self_calibrate=True,
     )
 
 
 def load_dataset(name: str, *, quick: bool = False, clinc_intents: int | None = None) -> Dataset:
-    """A dataset by name (`default` or a key of `CLINC_DATASETS`)."""
+    """A dataset by name (`default`, `hard` or a key of `CLINC_DATASETS`)."""
+    limit = QUICK_LIMIT if quick else None
     if name == "default":
-        return load_default(limit=120 if quick else None)
+        return load_default(limit=limit)
+    if name == "hard":
+        return load_hard(limit=limit)
     if name in CLINC_DATASETS:
         return load_clinc(CLINC_DATASETS[name], intents=clinc_intents)
-    raise KeyError(f"unknown dataset {name!r}; known: default, {', '.join(CLINC_DATASETS)}")
+    raise KeyError(f"unknown dataset {name!r}; known: default, hard, {', '.join(CLINC_DATASETS)}")

@@ -15,6 +15,7 @@ Definitions used throughout (N = all queries, N_in = in-scope, N_oos = out-of-sc
   tier (an out-of-scope query is never right); tier coverage: queries in the tier over N.
 * operating curve: in-scope accuracy and out-of-scope recall at every threshold on the top
   score, which compares two systems at the same point of the trade-off between the two.
+* per kind: the same figures within each kind of request a corpus labels (`per_kind_scores`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy.typing as npt
 
 __all__ = [
     "TIERS",
+    "KindScores",
     "Prediction",
     "TaskScores",
     "TierStats",
@@ -44,6 +46,7 @@ __all__ = [
     "oos_recall_at_accuracy",
     "operating_curve",
     "path_share",
+    "per_kind_scores",
     "per_task_scores",
     "precision_at_accuracy",
     "precision_curve",
@@ -170,6 +173,46 @@ def per_task_scores(preds: Sequence[Prediction]) -> list[TaskScores]:
     tasks = sorted(set(support) | set(answered))
     return [TaskScores(t, support[t], answered[t], _ratio(hits[t], answered[t]),
                        _ratio(hits[t], support[t])) for t in tasks]
+
+
+@dataclass(frozen=True)
+class KindScores:
+    """One kind of request, in scope or out of scope: how many, and how a system did on them.
+
+    In-scope figures are NaN for an out-of-scope kind, and OOS recall for an in-scope one.
+    """
+
+    kind: str
+    in_scope: bool
+    count: int
+    top1: float
+    answered_right: float
+    precision: float
+    oos_recall: float
+
+
+def per_kind_scores(preds: Sequence[Prediction], kinds: Sequence[str | None]) -> list[KindScores]:
+    """Figures per (scope, kind): in-scope kinds first, then out-of-scope ones, each by name.
+
+    In scope: top-1 accuracy, share answered right (`accepted_accuracy`) and precision of the
+    answers committed to (accepted and right over accepted). Out of scope: share not accepted.
+    A query without a kind counts under ``"unlabelled"``.
+    """
+    if len(preds) != len(kinds):
+        raise ValueError(f"{len(preds)} predictions but {len(kinds)} kinds")
+    groups: dict[tuple[bool, str], list[Prediction]] = {}
+    for p, kind in zip(preds, kinds, strict=True):
+        groups.setdefault((p.gold is not None, kind or "unlabelled"), []).append(p)
+    out = []
+    for (in_scope, kind), members in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1])):
+        answered = [p for p in members if p.accepted]
+        out.append(KindScores(
+            kind=kind, in_scope=in_scope, count=len(members),
+            top1=top1_accuracy(members), answered_right=accepted_accuracy(members),
+            precision=_ratio(sum(p.correct for p in answered), len(answered)) if in_scope else math.nan,
+            oos_recall=oos_recall(members),
+        ))
+    return out
 
 
 def confused_pairs(preds: Sequence[Prediction], n: int = 10) -> list[tuple[str, str, int]]:

@@ -6,16 +6,23 @@ Two stages, in this order, so tuning can never see a test row:
    (`matcher.tune`, or `MatcherConfig()` defaults when it is not importable), builds its
    indexes, fits each peer and picks each peer's no-match threshold by one rule for all
    (`metrics.balanced_threshold`) and its 97%-precision threshold (`metrics.precision_threshold`).
+   Self-calibrated systems read the catalog only (`matcher.tuning.self_calibrate`).
 2. `evaluate` reads `Dataset.test()` and collects one `Prediction` per system and query.
 
 Systems: ``ours: keyword`` (semantic=False), ``ours: full`` (MiniLM backstop), ``ours: full,
 peer rule`` (the full engine's ranking with its no-match decision replaced by the peers' rule
-on its top score, so acceptance is compared like for like), and the peers of `benchmarks.peers`.
+on its top score, so acceptance is compared like for like), the peers of `benchmarks.peers`,
+and for datasets with `Dataset.self_calibrate` ``ours: keyword, self-calibrated`` and ``ours:
+full, self-calibrated`` (config fitted without a single labelled query).
+
+A `TuningCache` shared by the datasets of a run fits each system once per catalog and tuning
+split: the ``default`` and ``hard`` datasets share both and differ only in the test split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import os
@@ -38,17 +45,21 @@ from .peers import EmbeddingPeer, Peer, default_peers, embedding_texts, rank_tas
 
 __all__ = [
     "OURS_FULL",
+    "OURS_FULL_SELF",
     "OURS_KEYWORD",
+    "OURS_KEYWORD_SELF",
     "OURS_PEER_RULE",
     "DatasetResult",
     "FittedSystem",
     "SystemResult",
+    "TuningCache",
     "build_times",
     "engine_predictions",
     "evaluate",
     "measure_latency",
     "peer_latency",
     "run_dataset",
+    "self_calibrated_config",
     "tune_config",
     "tune_systems",
 ]
@@ -56,6 +67,8 @@ __all__ = [
 OURS_KEYWORD = "ours: keyword"
 OURS_FULL = "ours: full"
 OURS_PEER_RULE = "ours: full, peer rule"
+OURS_KEYWORD_SELF = "ours: keyword, self-calibrated"
+OURS_FULL_SELF = "ours: full, self-calibrated"
 TOP_K = 5
 HIGH_PRECISION = 0.97
 
@@ -71,6 +84,14 @@ def tune_config(catalog: Catalog, pairs: Sequence[tuple[str, str | None]],
     except (ImportError, AttributeError):
         return MatcherConfig(), "MatcherConfig() defaults (matcher.tune not importable)"
     return tune(catalog, list(pairs), semantic=semantic), "matcher.tune on the tuning split"
+
+
+def self_calibrated_config(catalog: Catalog, semantic: bool | Embedder) -> tuple[MatcherConfig, str]:
+    """`matcher.tuning.self_calibrate` on the catalog alone: no labelled query is read."""
+    from matcher.tuning import self_calibrate
+
+    return (self_calibrate(catalog, semantic=semantic),
+            "matcher.tuning.self_calibrate on the catalog alone (no labelled queries)")
 
 
 def _prediction(gold: str | None, result: TaskMatch) -> Prediction:
@@ -103,6 +124,38 @@ class FittedSystem:
     settings: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     peer: Peer | None = None
+    config: MatcherConfig | None = None
+    config_source: str = ""
+    reused_from: str | None = None
+    """The dataset whose identical catalog and tuning split this system was fitted on, if not this one."""
+
+
+class TuningCache:
+    """Fitted systems of one run by (catalog fingerprint, tuning rows, system name).
+
+    A dataset with the same catalog and tuning rows as an earlier one gets that dataset's fitted
+    systems back (their predictions on the tuning rows are the same too). Only one catalog's
+    systems are kept: a dataset with another catalog clears the rest, which bounds memory.
+    """
+
+    def __init__(self) -> None:
+        self._fingerprint = ""
+        self._systems: dict[tuple[tuple[tuple[str, str | None], ...], str], tuple[str, FittedSystem]] = {}
+        self.fits = 0
+
+    def fitted(self, dataset: Dataset, name: str, fit: Callable[[], FittedSystem]) -> FittedSystem:
+        """The cached system for this dataset's catalog, tuning rows and `name`, or `fit()`'s."""
+        if dataset.catalog.fingerprint != self._fingerprint:
+            self._fingerprint, self._systems = dataset.catalog.fingerprint, {}
+        key = (tuple((q.text, q.task_id) for q in dataset.tune), name)
+        hit = self._systems.get(key)
+        if hit is None:
+            system = fit()
+            self.fits += 1
+            self._systems[key] = (dataset.name, system)
+            return system
+        origin, system = hit
+        return dataclasses.replace(system, seconds={}, reused_from=origin)
 
 
 @dataclass
@@ -135,6 +188,8 @@ class DatasetResult:
     subset: bool = False
     timing_load: tuple[float, float] = (math.nan, math.nan)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    test_kinds: tuple[str | None, ...] = ()
+    """The `style` / `kind` of each test query, aligned with every system's `test_preds`."""
 
     def system(self, name: str) -> SystemResult | None:
         return next((s for s in self.systems if s.name == name), None)
@@ -190,11 +245,12 @@ def _fit_peer(peer: Peer, dataset: Dataset) -> FittedSystem:
     )
 
 
-def _fit_engine(name: str, dataset: Dataset, semantic: bool | Embedder) -> tuple[FittedSystem, MatcherConfig,
-                                                                                 str]:
-    pairs = [(q.text, q.task_id) for q in dataset.tune]
+def _fit_engine(name: str, dataset: Dataset, semantic: bool | Embedder, self_calibrated: bool) -> FittedSystem:
     start = time.perf_counter()
-    config, source = tune_config(dataset.catalog, pairs, semantic)
+    if self_calibrated:
+        config, source = self_calibrated_config(dataset.catalog, semantic)
+    else:
+        config, source = tune_config(dataset.catalog, [(q.text, q.task_id) for q in dataset.tune], semantic)
     tuned = time.perf_counter() - start
     engine = Matcher(dataset.catalog, semantic=semantic, config=config)
     start = time.perf_counter()
@@ -203,35 +259,44 @@ def _fit_engine(name: str, dataset: Dataset, semantic: bool | Embedder) -> tuple
     settings = {k: str(v) for k, v in config.to_dict().items()
                 if k in ("high_threshold", "high_margin", "medium_threshold", "fallback_threshold",
                          "semantic_fusion", "ambiguity_margin")}
-    system = FittedSystem(name=name, kind="ours", predict=lambda qs: engine_predictions(engine, qs),
-                          tune_preds=engine_predictions(engine, dataset.tune), settings=settings,
-                          seconds={"tune": tuned, "build": built})
-    return system, config, source
+    return FittedSystem(name=name, kind="ours", predict=lambda qs: engine_predictions(engine, qs),
+                        tune_preds=engine_predictions(engine, dataset.tune), settings=settings,
+                        seconds={"tune": tuned, "build": built}, config=config, config_source=source)
 
 
 def tune_systems(dataset: Dataset, embedder: Embedder | None, *, progress: bool = False,
-                 peers: Sequence[Peer] | None = None
+                 peers: Sequence[Peer] | None = None, cache: TuningCache | None = None
                  ) -> tuple[list[FittedSystem], dict[str, MatcherConfig], str]:
-    """Stage 1: tune and fit every system on `dataset.tune` only (the test split is not read)."""
+    """Stage 1: tune and fit every system on `dataset.tune` only (the test split is not read).
+
+    Returns the systems, our engine's configs by system name, and where the tuned config came from.
+    """
     if isinstance(embedder, CachingEmbedder):
         texts = [t for p in dataset.catalog.profiles() for t in embedding_texts(p)]
         embedder.prime(texts + [normalize(q.text) for q in dataset.tune], progress=progress,
                        desc=f"{dataset.name}: embed catalog + tune split")
-    jobs: list[tuple[str, bool | Embedder]] = [(OURS_KEYWORD, False)]
+    jobs: list[tuple[str, bool | Embedder, bool]] = [(OURS_KEYWORD, False, False)]
+    if dataset.self_calibrate:
+        jobs.append((OURS_KEYWORD_SELF, False, True))
     if embedder is not None:
-        jobs.append((OURS_FULL, embedder))
+        jobs.append((OURS_FULL, embedder, False))
+        if dataset.self_calibrate:
+            jobs.append((OURS_FULL_SELF, embedder, True))
     chosen_peers = list(peers) if peers is not None else default_peers(embedder)
     bar = _bar(len(jobs) + len(chosen_peers), f"{dataset.name}: tune", progress)
+    cache = cache if cache is not None else TuningCache()
     systems: list[FittedSystem] = []
-    configs: dict[str, MatcherConfig] = {}
-    source = ""
-    for name, option in jobs:
-        system, configs[name], source = _fit_engine(name, dataset, option)
-        systems.append(system)
+    for name, option, self_calibrated in jobs:
+        systems.append(cache.fitted(dataset, name, functools.partial(_fit_engine, name, dataset, option,
+                                                                     self_calibrated)))
         bar(name)
     for peer in chosen_peers:
-        systems.append(_fit_peer(peer, dataset))
+        systems.append(cache.fitted(dataset, peer.name, functools.partial(_fit_peer, peer, dataset)))
         bar(peer.name)
+    configs = {s.name: s.config for s in systems if s.config is not None}
+    tuned = systems[0]
+    source = tuned.config_source + (f" (fitted once, for {tuned.reused_from}: same catalog and tuning split)"
+                                    if tuned.reused_from else "")
     return systems, configs, source
 
 
@@ -277,8 +342,8 @@ def evaluate(dataset: Dataset, systems: Sequence[FittedSystem], *, progress: boo
         start = time.perf_counter()
         preds = system.predict(test)
         seconds = {**system.seconds, "test": time.perf_counter() - start}
-        results.append(SystemResult(system.name, system.kind, system.tune_preds, preds, system.settings,
-                                    seconds))
+        settings = {**system.settings, **({"fitted on": system.reused_from} if system.reused_from else {})}
+        results.append(SystemResult(system.name, system.kind, system.tune_preds, preds, settings, seconds))
         bar(system.name)
     full = next((r for r in results if r.name == OURS_FULL), None)
     if full is not None:
@@ -341,13 +406,16 @@ def build_times(catalog: Catalog, live_embedder: Embedder | None) -> dict[str, f
 
 
 def run_dataset(dataset: Dataset, *, embedder: Embedder | None, live_embedder: Embedder | None,
-                latency_sample: int | None = 300, progress: bool = False, seed: int = 0) -> DatasetResult:
+                latency_sample: int | None = 300, progress: bool = False, seed: int = 0,
+                cache: TuningCache | None = None, peers: Sequence[Peer] | None = None) -> DatasetResult:
     """Tune, evaluate and time every system on one dataset.
 
     Latency uses `live_embedder` (the plain model, no in-run cache) on a seeded sample of the
     test split (`latency_sample`; None: all of it), so semantic-path times include encoding.
+    `cache` shares fitted systems with earlier datasets of the run (same catalog and tuning rows);
+    `peers` defaults to `default_peers(embedder)`.
     """
-    systems, configs, source = tune_systems(dataset, embedder, progress=progress)
+    systems, configs, source = tune_systems(dataset, embedder, progress=progress, peers=peers, cache=cache)
     results = evaluate(dataset, systems, progress=progress, embedder=embedder)
     test = dataset.test()
     texts = [q.text for q in test]
@@ -359,6 +427,7 @@ def run_dataset(dataset: Dataset, *, embedder: Embedder | None, live_embedder: E
         test_counts=_counts(test), systems=results, config_source=source, subset=dataset.subset,
         configs={name: {k: v for k, v in config.to_dict().items() if k != "tuning"}
                  for name, config in configs.items()},
+        test_kinds=tuple(q.style for q in test),
     )
     timed: list[tuple[str, bool | Embedder, MatcherConfig]] = [(OURS_KEYWORD, False, configs[OURS_KEYWORD])]
     if live_embedder is not None and OURS_FULL in configs:

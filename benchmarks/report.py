@@ -71,46 +71,71 @@ def _balanced(preds: Sequence[m.Prediction]) -> float:
     return acc if math.isnan(oos) else (acc + oos) / 2
 
 
-def _high(system: SystemResult) -> tuple[float, float]:
-    stats = m.tier_stats(system.test_preds)["high"]
-    return stats.precision, stats.coverage
+def _at_97(preds: Sequence[m.Prediction]) -> list[m.Prediction]:
+    """The answers a system commits to at its 97% point: our `high` tier, a peer's 97% threshold."""
+    return [dataclasses.replace(p, accepted=p.tier == "high") for p in preds]
 
 
 def headline_metrics(system: SystemResult) -> dict[str, float]:
-    """The headline numbers of one system on the test split."""
+    """The headline numbers of one system on the test split.
+
+    ``high ...`` figures are at the 97% point: precision of the answers committed to there
+    (out-of-scope ones count as wrong), share of all test queries there (coverage), share of
+    in-scope queries answered right there, and share of out-of-scope queries not answered.
+    """
     p = system.test_preds
-    precision, coverage = _high(system)
+    stats = m.tier_stats(p)["high"]
+    point = _at_97(p)
     return {"top-1": m.top1_accuracy(p), "recall@5": m.recall_at_k(p, 5),
             "in-scope acc.": m.accepted_accuracy(p), "OOS recall": m.oos_recall(p),
-            "(acc. + OOS) / 2": _balanced(p), "high precision": precision, "high coverage": coverage}
+            "(acc. + OOS) / 2": _balanced(p), "high precision": stats.precision, "high coverage": stats.coverage,
+            "high answered right": m.accepted_accuracy(point), "high OOS recall": m.oos_recall(point)}
 
 
 def _headline(result: DatasetResult) -> str:
     header = ["system", "top-1", "recall@5", "in-scope acc.", "OOS recall", "(acc. + OOS) / 2",
-              "high / 97% point: precision", "coverage"]
+              "high / 97% point: precision", "answered right", "OOS recall"]
     rows = []
     for system in result.systems:
         h = headline_metrics(system)
-        high = ("—", "—") if system.name == OURS_PEER_RULE else (_pct(h["high precision"]),
-                                                                 _pct(h["high coverage"]))
+        high = ["—"] * 3 if system.name == OURS_PEER_RULE else [
+            _pct(h[k]) for k in ("high precision", "high answered right", "high OOS recall")]
         name = f"**{system.name}**" if system.kind == "ours" else system.name
         rows.append([name, _pct(h["top-1"]), _pct(h["recall@5"]), _pct(h["in-scope acc."]),
                      _pct(h["OOS recall"]), _pct(h["(acc. + OOS) / 2"]), *high])
     for ref in PUBLISHED:
         if ref.dataset == result.name and not result.subset:
             rows.append([f"_{ref.name}_", _pct(ref.top1), "—", _pct(ref.in_scope_accuracy),
-                         _pct(ref.oos_recall), "—", "—", "—"])
+                         _pct(ref.oos_recall), "—", "—", "—", "—"])
     tune_in, tune_oos = result.tune_counts
     test_in, test_oos = result.test_counts
     intro = (f"### {result.name}\n\n{result.description}. {result.tasks} tasks, {result.profiles} "
              f"profiles; tuning split {tune_in} in-scope + {tune_oos} out-of-scope, test split "
              f"{test_in} + {test_oos}.\n")
-    return intro + "\n" + _table(header, rows)
+    kinds = _per_kind(result)
+    return intro + "\n" + _table(header, rows) + (f"\n\n{kinds}" if kinds else "")
 
 
-def _at_97(preds: Sequence[m.Prediction]) -> list[m.Prediction]:
-    """The answers a system commits to at its 97% point: our `high` tier, a peer's 97% threshold."""
-    return [dataclasses.replace(p, accepted=p.tier == "high") for p in preds]
+def _per_kind(result: DatasetResult) -> str:
+    """Per kind of request, one table per system at its 97% point ("" when no query has a kind)."""
+    if not any(result.test_kinds):
+        return ""
+    parts = [f"#### {result.name}: by kind of request\n\nEach system at its 97% point (ours: `matched`; "
+             "a peer: its threshold tuned for 97% precision). In scope: *top-1*, *answered right* (share of "
+             "the kind's queries committed to the right task) and *precision* (share of the answers "
+             "committed to that are right). Out of scope: *OOS recall* (share given no match)."]
+    header = ["kind", "scope", "queries", "top-1", "answered right", "precision", "OOS recall"]
+    for system in result.systems:
+        if system.name == OURS_PEER_RULE:
+            continue
+        preds = _at_97(system.test_preds)
+        scores = m.per_kind_scores(preds, result.test_kinds)
+        scores += m.per_kind_scores(preds, ["all"] * len(preds))
+        rows = [[f"**{s.kind}**" if s.kind == "all" else s.kind, "in" if s.in_scope else "out", str(s.count),
+                 *((_pct(s.top1), _pct(s.answered_right), _pct(s.precision), "") if s.in_scope
+                   else ("", "", "", _pct(s.oos_recall)))] for s in scores]
+        parts.append(f"{system.name}:\n\n" + _table(header, rows))
+    return "\n\n".join(parts)
 
 
 def _point_metrics(preds: Sequence[m.Prediction]) -> dict[str, float]:
@@ -388,14 +413,21 @@ def _build(results: Sequence[DatasetResult]) -> str:
     return _table(["dataset", *(f"{k} (s)" for k in keys)], rows)
 
 
+def _brief(value: Any) -> Any:
+    """A config value as printed: a learned weight table (the request gate's) as its size only."""
+    if isinstance(value, dict) and isinstance(value.get("weights"), dict):
+        return {**value, "weights": f"{len(value['weights'])} learned weights"}
+    return value
+
+
 def _settings(results: Sequence[DatasetResult]) -> str:
     lines = []
     for result in results:
         lines.append(f"- **{result.name}** (engine config: {result.config_source})")
         for name, config in result.configs.items():
-            shown = {k: v for k, v in config.items() if k not in ("format", "version", "max_query_chars",
-                                                                 "score_decimals", "fuzzy_cutoff",
-                                                                 "fuzzy_min_length")}
+            shown = {k: _brief(v) for k, v in config.items() if k not in ("format", "version", "max_query_chars",
+                                                                         "score_decimals", "fuzzy_cutoff",
+                                                                         "fuzzy_min_length")}
             lines.append(f"  - {name}: `{shown}`")
         for system in result.systems:
             if system.kind == "peer" or system.name == OURS_PEER_RULE:
@@ -421,15 +453,22 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         _system_info(info),
         "## Headline: quality on the test splits\n\n"
         "Percentages on the held-out test split after tuning on the tuning split only "
-        "(default catalog: `corpora/queries/tune.jsonl`; CLINC150: `val.jsonl`). "
+        "(bundled catalog, datasets `default` and `hard`: `corpora/queries/tune.jsonl` + `hard-tune.jsonl`, "
+        "as the shipped configs, tuned once and shared; CLINC150: `val.jsonl`). "
         "*in-scope acc.* counts an in-scope query as right only when the system commits to the right task "
         "(ours: `matched`; a peer: its top score clears its no-match threshold); *OOS recall* is the share "
-        "of out-of-scope queries given no match. *high / 97% point* is our `high` tier, and for a peer "
-        "the answers above its threshold tuned to be right 97% of the time on the tuning split. "
+        "of out-of-scope queries given no match. *high / 97% point* is our `high` tier (our `matched`), and "
+        "for a peer the answers above its threshold tuned to be right 97% of the time on the tuning split: "
+        "*precision* of those answers (out-of-scope queries count as wrong), in-scope queries *answered "
+        "right* there, and *OOS recall* there. "
         "*ours: full, peer rule* keeps our full engine's ranking and scores but decides no-match with the "
-        "same rule as the peers, so acceptance is compared like for like. Rows in italics are published "
-        "figures copied from the papers, not runs of ours; \"closed set\" rows classify in-scope queries "
-        "only and compare with our top-1.",
+        "same rule as the peers, so acceptance is compared like for like. *self-calibrated* rows "
+        "(CLINC150) use a config from `matcher.tuning.self_calibrate` on the catalog alone: no labelled "
+        "query, not even the tuning split, so they have no balanced point of their own; their in-scope "
+        "acc. and OOS recall are their `matched` decision, as for the tuned rows. Rows in italics are "
+        "published figures copied from the papers, not runs of ours; \"closed set\" rows classify "
+        "in-scope queries only and compare with our top-1. Where the queries are labelled with a kind of "
+        "request, a per-kind breakdown follows the dataset's table.",
         *(_headline(r) for r in results),
         "## Does our engine beat every peer?\n\nEvery system against the best peer per metric, each "
         "decision at the same kind of operating point, all thresholds tuned on the tuning split: "
@@ -462,7 +501,8 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         "of the time.",
         *(f"### {r.name}\n\n{_tiers(r)}" for r in results),
         "## Tuning split vs test split (our engine)\n\nA large drop from tune to test means the "
-        "tuned settings overfit the tuning split.",
+        "tuned settings overfit the tuning split. Self-calibrated rows never saw the tuning split: for "
+        "them both are held-out data.",
         *(f"### {r.name}\n\n{_tune_vs_test(r)}" for r in results),
         "## Per-task precision and recall",
         *(f"### {r.name}\n\n{_per_task(r)}" for r in results),
@@ -475,8 +515,10 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         "sample of the test split.\n\n" + _latency(results),
         "## Index build and tuning time\n\nKeyword index: a fresh `Matcher(...).warm_up()`, "
         "keyword-only. Semantic index: model already loaded; *empty cache* encodes every profile "
-        "text, *warm cache* reads the on-disk embedding cache. Tune: `matcher.tune` on the tuning split "
-        "(full: with embeddings from the in-run cache).\n\n" + _build(results),
+        "text, *warm cache* reads the on-disk embedding cache. Tune: `matcher.tune` on the tuning split, "
+        "or `self_calibrate` on the catalog for self-calibrated rows (full: with embeddings from the in-run "
+        "cache); a dataset reusing another's tuning (same catalog and tuning split) shows no tune "
+        "time.\n\n" + _build(results),
         _perf_section(perf),
         "## Settings chosen on the tuning splits\n\n" + _settings(results),
         _notes(),
@@ -519,8 +561,10 @@ def _notes() -> str:
     return """## Definitions and method
 
 - **Splits.** Everything that is tuned (our `MatcherConfig` via `matcher.tune`, every peer's thresholds, the
-  rapidfuzz scorer) sees only the tuning split; the harness reads the test split afterwards
-  (`benchmarks/quality.py`, tested in `tests/test_benchmarks.py`).
+  rapidfuzz scorer) sees only the tuning split; self-calibrated configs see only the catalog and the
+  package's shipped out-of-scope corpus; the harness reads the test split afterwards
+  (`benchmarks/quality.py`, tested in `tests/test_benchmarks.py`). `default` and `hard` share the bundled
+  catalog and tuning split, so their systems are fitted once and reused.
 - **Peer thresholds.** One deterministic rule for every peer: the threshold on its top task score that
   maximizes in-scope accuracy + out-of-scope recall on the tuning split (ties: the lowest threshold). A
   peer whose best profile is an out-of-scope profile (the default catalog's `unsupported-*`) gives no

@@ -268,6 +268,195 @@ def test_default_dataset_loads_labelled_subset() -> None:
     assert dataset.subset
 
 
+def _recording_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the files `datasets.read_jsonl` reads from now on, in order."""
+    read: list[str] = []
+    original = datasets.read_jsonl
+
+    def recording(path: Path) -> list[dict[str, Any]]:
+        read.append(Path(path).name)
+        return original(path)
+
+    monkeypatch.setattr(datasets, "read_jsonl", recording)
+    return read
+
+
+def test_default_and_hard_share_catalog_and_tuning_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    read = _recording_reads(monkeypatch)
+    default = datasets.load_dataset("default")
+    hard = datasets.load_dataset("hard")
+    assert read == ["tune.jsonl", "hard-tune.jsonl"] * 2  # no test file before `test()`
+    assert hard.catalog.fingerprint == default.catalog.fingerprint
+    assert hard.tune == default.tune
+    assert len(default.tune) == 384 + 514 and not default.subset
+    # `style` of the older corpus and `kind` of the hard one both land in `style`
+    assert {q.style for q in default.tune[:384]} == {"short", "plain", "long", "jargon", "typo",
+                                                     "paraphrase", "oos"}
+    assert "situation" in {q.style for q in default.tune[384:]}
+
+    test = hard.test()
+    assert read[-1] == "hard-test.jsonl"
+    in_scope = [q for q in test if q.in_scope]
+    assert (len(in_scope), len(test) - len(in_scope)) == datasets.HARD_TEST_COUNTS == (318, 188)
+    assert "318 in-scope + 188 near-miss out-of-scope" in hard.description
+    assert {q.style for q in in_scope} == {"situation", "jargon", "chat", "terse", "typo", "negated",
+                                           "confusable", "plain"}
+    assert {q.style for q in test if not q.in_scope} == {
+        "service-question", "physical-action", "live-data", "chit-chat", "missing-ml", "figurative",
+        "negated", "other-action"}
+    assert all(q.task_id is None or q.task_id in hard.catalog for q in test)
+    assert len(default.test()) == 353 and read[-1] == "test.jsonl"
+
+
+def test_quick_hard_dataset_is_limited_like_default() -> None:
+    default = datasets.load_dataset("default", quick=True)
+    hard = datasets.load_dataset("hard", quick=True)
+    assert len(hard.tune) == len(hard.test()) == len(default.tune) == datasets.QUICK_LIMIT
+    assert hard.tune == default.tune
+    assert hard.subset and hard.name == "hard"
+    with pytest.raises(KeyError, match="hard"):
+        datasets.load_dataset("nope")
+
+
+def test_per_kind_scores_by_hand() -> None:
+    preds = [
+        pred("a", ["a"], accepted=True),    # terse: right, answered
+        pred("b", ["a"], accepted=True),    # terse: wrong, answered
+        pred("c", ["c"], accepted=False),   # terse: right at top-1, not answered
+        pred("d", ["d"], accepted=True),    # negated in scope: right, answered
+        pred(None, ["a"], accepted=False),  # negated out of scope: rejected
+        pred(None, ["b"], accepted=True),   # negated out of scope: wrongly answered
+        pred(None, ["a"], accepted=False),  # live-data: rejected
+        pred(None, ["a"], accepted=False),  # no kind: rejected
+    ]
+    kinds = ["terse", "terse", "terse", "negated", "negated", "negated", "live-data", None]
+    scores = metrics.per_kind_scores(preds, kinds)
+    assert [(s.in_scope, s.kind, s.count) for s in scores] == [
+        (True, "negated", 1), (True, "terse", 3),
+        (False, "live-data", 1), (False, "negated", 2), (False, "unlabelled", 1)]
+    terse = scores[1]
+    assert terse.top1 == pytest.approx(2 / 3)  # a, c
+    assert terse.answered_right == pytest.approx(1 / 3)  # only a
+    assert terse.precision == pytest.approx(1 / 2)  # a right, b wrong among the two answered
+    assert math.isnan(terse.oos_recall)
+    assert (scores[0].top1, scores[0].answered_right, scores[0].precision) == (1.0, 1.0, 1.0)
+    negated_oos = scores[3]
+    assert negated_oos.oos_recall == pytest.approx(1 / 2)
+    assert math.isnan(negated_oos.top1) and math.isnan(negated_oos.precision)
+    assert scores[2].oos_recall == scores[4].oos_recall == 1.0
+    with pytest.raises(ValueError, match="8 predictions but 7 kinds"):
+        metrics.per_kind_scores(preds, kinds[:-1])
+
+
+_SIX_PHRASES = {
+    "alarm": ["set an alarm for 7am", "wake me up at six", "alarm for tomorrow morning",
+              "remind me to wake at dawn", "set a wake up call", "turn on my morning alarm"],
+    "book-flight": ["book me a flight to paris", "reserve a plane ticket", "find flights to tokyo",
+                    "i need to fly to berlin on monday", "buy an airline ticket", "get me on a plane to rome"],
+    "recipe": ["how do i cook lasagna", "give me a pancake recipe", "what can i make with eggs and rice",
+               "recipe for chicken curry", "how to bake bread at home", "steps to make a chocolate cake"],
+    "weather": ["what is the weather tomorrow", "will it rain today", "is it going to snow this weekend",
+                "how hot will it be", "forecast for london", "do i need an umbrella"],
+}
+_TINY_TUNE = (
+    ("wake me at 6 tomorrow", "alarm"), ("alarm at seven please", "alarm"), ("morning alarm", "alarm"),
+    ("flight to madrid", "book-flight"), ("book a plane ticket to oslo", "book-flight"),
+    ("fly me to lisbon", "book-flight"), ("how to cook rice", "recipe"), ("a recipe for soup", "recipe"),
+    ("bake a cake", "recipe"), ("rain tomorrow?", "weather"), ("weather in paris", "weather"),
+    ("is it cold outside", "weather"), ("tell me a joke", None), ("who won the game", None),
+)
+_TINY_TEST = (
+    ("set an alarm for 5am", "alarm", "plain"), ("alarm", "alarm", "terse"),
+    ("book flight", "book-flight", "terse"), ("pancakes recipe", "recipe", "terse"),
+    ("will it snow", "weather", "plain"), ("sing me a song", None, "chit-chat"),
+    ("what is the stock price of acme", None, "live-data"),
+)
+
+
+def _four_task_dataset(name: str, loaded: list[str] | None = None, *, self_calibrate: bool = True
+                       ) -> datasets.Dataset:
+    """4 tasks x 6 phrases (enough phrases to hold out for `self_calibrate`), hand-written splits."""
+    catalog = Catalog.from_records([{"id": k, "title": k.replace("-", " "), "phrases": v}
+                                    for k, v in _SIX_PHRASES.items()], source="four-tasks")
+
+    def load_test() -> tuple[datasets.LabelledQuery, ...]:
+        if loaded is not None:
+            loaded.append(name)
+        return tuple(datasets.LabelledQuery(*row) for row in _TINY_TEST)
+
+    return datasets.Dataset(name=name, catalog=catalog,
+                            tune=tuple(datasets.LabelledQuery(t, g) for t, g in _TINY_TUNE),
+                            description="four hand-made tasks", _load_test=load_test,
+                            self_calibrate=self_calibrate)
+
+
+@pytest.mark.filterwarnings("ignore:no setting reaches 97% precision")
+def test_self_calibrated_systems_are_fitted_from_the_catalog_alone() -> None:
+    from matcher.tuning import self_calibrate
+
+    loaded: list[str] = []
+    dataset = _four_task_dataset("four", loaded)
+    systems, configs, source = quality.tune_systems(dataset, _HashEmbedder(), peers=[])
+    assert not loaded  # the test split is read only after every system is fitted
+    assert [s.name for s in systems] == [quality.OURS_KEYWORD, quality.OURS_KEYWORD_SELF,
+                                         quality.OURS_FULL, quality.OURS_FULL_SELF]
+    assert source == "matcher.tune on the tuning split"
+    by_name = {s.name: s for s in systems}
+    assert "self_calibrate" in by_name[quality.OURS_FULL_SELF].config_source
+    assert configs[quality.OURS_KEYWORD_SELF].to_dict() == self_calibrate(dataset.catalog,
+                                                                          semantic=False).to_dict()
+    assert configs[quality.OURS_KEYWORD_SELF].to_dict() != configs[quality.OURS_KEYWORD].to_dict()
+    assert configs[quality.OURS_FULL_SELF].to_dict()["tuning"]["source"] == \
+        "held-out catalog phrases (self-calibration)"
+    results = quality.evaluate(dataset, systems)
+    assert loaded == ["four"]
+    assert [r.name for r in results] == [quality.OURS_KEYWORD, quality.OURS_KEYWORD_SELF, quality.OURS_FULL,
+                                         quality.OURS_PEER_RULE, quality.OURS_FULL_SELF]
+    assert all(len(r.test_preds) == len(_TINY_TEST) for r in results)
+    # without the flag (the bundled catalog's datasets) no self-calibrated system is run
+    plain, _, _ = quality.tune_systems(_four_task_dataset("plain", self_calibrate=False), None, peers=[])
+    assert [s.name for s in plain] == [quality.OURS_KEYWORD]
+
+
+@pytest.mark.filterwarnings("ignore:no setting reaches 97% precision")
+def test_tuning_cache_reuses_systems_for_the_same_catalog_and_tuning_rows() -> None:
+    cache = quality.TuningCache()
+    first = _four_task_dataset("first", self_calibrate=False)
+    second = _four_task_dataset("second", self_calibrate=False)
+    a, configs_a, _ = quality.tune_systems(first, None, peers=[peers.TfidfPeer()], cache=cache)
+    b, configs_b, source = quality.tune_systems(second, None, peers=[peers.TfidfPeer()], cache=cache)
+    assert cache.fits == 2  # ours: keyword and TF-IDF, once each
+    assert [s.reused_from for s in a] == [None, None]
+    assert [s.reused_from for s in b] == ["first", "first"]
+    assert b[1].peer is a[1].peer and configs_b == configs_a
+    assert "tune" not in b[0].seconds and "tune" in a[0].seconds
+    assert "fitted once, for first" in source
+    # other tuning rows: fitted again
+    shorter = replace(second, tune=second.tune[1:])
+    quality.tune_systems(shorter, None, peers=[], cache=cache)
+    assert cache.fits == 3
+    # another catalog clears the cache
+    other = replace(first, catalog=Catalog.from_records(
+        [{"id": k, "phrases": [*v, f"{k} please"]} for k, v in _SIX_PHRASES.items()]))
+    quality.tune_systems(other, None, peers=[], cache=cache)
+    quality.tune_systems(first, None, peers=[], cache=cache)
+    assert cache.fits == 5
+
+
+@pytest.mark.filterwarnings("ignore:no setting reaches 97% precision")
+def test_per_kind_section_follows_the_dataset_table() -> None:
+    result = quality.run_dataset(_four_task_dataset("four", self_calibrate=False), embedder=None,
+                                 live_embedder=None, peers=[peers.TfidfPeer()])
+    assert result.test_kinds == tuple(k for _, _, k in _TINY_TEST)
+    info = report.RunInfo(command="test", regenerate="python -m benchmarks", date="today", wall_seconds=1.0,
+                          machine={"cores": "2"}, versions={}, options={})
+    markdown = report.render(info, [result], {})
+    section = markdown.split("#### four: by kind of request")[1].split("## Does our engine")[0]
+    assert markdown.index("### four") < markdown.index("#### four: by kind of request")
+    assert "ours: keyword:" in section and "TF-IDF cosine:" in section
+    assert "| chit-chat | out | 1 |" in section and "| terse | in | 3 |" in section
+
+
 @needs_clinc
 def test_clinc_loader_builds_a_valid_catalog() -> None:
     dataset = datasets.load_clinc(10, intents=10)
@@ -300,8 +489,9 @@ def test_tuning_never_reads_the_test_split(monkeypatch: pytest.MonkeyPatch) -> N
                                                peers=[peers.TfidfPeer(), peers.RapidFuzzPeer()])
     assert "test.jsonl" not in read
     assert {"train_5.jsonl", "val.jsonl"} <= set(read)
-    assert [s.name for s in systems] == [quality.OURS_KEYWORD, "TF-IDF cosine", "rapidfuzz best match"]
-    assert quality.OURS_KEYWORD in configs
+    assert [s.name for s in systems] == [quality.OURS_KEYWORD, quality.OURS_KEYWORD_SELF, "TF-IDF cosine",
+                                         "rapidfuzz best match"]
+    assert {quality.OURS_KEYWORD, quality.OURS_KEYWORD_SELF} <= set(configs)
     results = quality.evaluate(dataset, systems)
     assert "test.jsonl" in read
     assert all(len(r.test_preds) == len(dataset.test()) for r in results)
@@ -339,6 +529,15 @@ def test_one_command_writes_the_report(tmp_path: Path) -> None:
     text = output.read_text(encoding="utf-8")
     assert text.startswith("# Benchmark results")
     assert "python -m benchmarks" in text.split("## Headline")[0]  # the command is named at the top
-    for name in ("### default", "### clinc-k5", "### clinc-k10"):
+    for name in ("### default", "### hard", "#### hard: by kind of request", "### clinc-k5", "### clinc-k10"):
         assert name in text
     assert "### clinc-full" not in text
+    assert text.index("### default") < text.index("### hard") < text.index("### clinc-k5")
+    assert "ours: keyword, self-calibrated" in text.split("### clinc-k5")[1].split("### clinc-k10")[0]
+
+
+def test_settings_print_a_learned_weight_table_as_its_size() -> None:
+    gate = {"intercept": 0.5, "weights": {"a": 1.0, "b": -1.0}}
+    assert report._brief(gate) == {"intercept": 0.5, "weights": "2 learned weights"}
+    assert report._brief({"title": 2.0}) == {"title": 2.0}
+    assert report._brief(0.25) == 0.25
