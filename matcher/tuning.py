@@ -236,6 +236,8 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
 
 
 _SELF_CALIBRATION_FOLDS = 2
+_SELF_CALIBRATION_MAX_QUERIES = 6000
+_SELF_CALIBRATION_MAX_PROFILES = 2000
 
 
 def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base: MatcherConfig | None = None,
@@ -248,12 +250,21 @@ def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base:
     out-of-scope profiles become out-of-scope pseudo-queries). The shipped out-of-scope corpus
     (`matcher/data/out-of-scope.jsonl`: questions about a service, real-world actions, remarks,
     other ML jobs), or `out_of_scope`, is scored against the whole catalog as negatives. Then
-    everything is fitted as `tune` does. Raises ValueError when the catalog has fewer than 10
-    phrases to hold out; `Matcher` then falls back to the shipped config with a warning.
+    everything is fitted as `tune` does. At most 6,000 held-out phrases are scored (every k-th
+    one beyond that). Raises ValueError when the catalog has fewer than 10 phrases to hold out or
+    more than 2,000 profiles; `Matcher` then falls back to the shipped config with a warning.
     """
     base = base if base is not None else MatcherConfig()
+    if len(catalog.profiles()) > _SELF_CALIBRATION_MAX_PROFILES:
+        raise ValueError(f"{catalog.source}: self-calibration handles up to {_SELF_CALIBRATION_MAX_PROFILES:,} "
+                         f"profiles (its signal matrices grow with queries x profiles); this catalog has "
+                         f"{len(catalog.profiles()):,}")
     negatives = [normalize(t) for t in (out_of_scope if out_of_scope is not None else _shipped_out_of_scope())]
     folds = [_fold(catalog, fold) for fold in range(_SELF_CALIBRATION_FOLDS)]
+    total = sum(len(queries) for _, queries in folds)
+    if total > _SELF_CALIBRATION_MAX_QUERIES:  # every k-th held-out phrase, the same on every run
+        stride = math.ceil(total / _SELF_CALIBRATION_MAX_QUERIES)
+        folds = [(fold_catalog, queries[::stride]) for fold_catalog, queries in folds]
     held = sum(1 for _, queries in folds for _, label in queries if label is not None)
     if held < _MIN_IN_SCOPE:
         raise ValueError(f"{catalog.source}: self-calibration needs at least {_MIN_IN_SCOPE} task phrases that "

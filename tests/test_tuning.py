@@ -244,3 +244,13 @@ def test_tune_reports_how_many_answers_the_precision_target_needs() -> None:
     assert _labels_needed(90.0, 100.0, 0.97) is None
     n = _labels_needed(1.0, 1.0, 0.95)
     assert n is not None and 40 < n < 60  # all right: about 50 answers put the 95% bound at 95%
+
+
+def test_a_catalog_too_large_to_self_calibrate_falls_back_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(matcher.tuning, "_SELF_CALIBRATION_MAX_PROFILES", 20)
+    profiles = matcher.default_catalog().profiles()
+    other = matcher.Catalog([p for p in profiles if p.id != "translation"], source="without translation")
+    with pytest.warns(matcher.ConfigWarning, match="self-calibration handles up to 20 profiles"):
+        config = matcher.Matcher(other, semantic=False, cache_dir=tmp_path).config
+    assert config == matcher.default_config(semantic=False)
