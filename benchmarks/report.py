@@ -414,9 +414,12 @@ def _build(results: Sequence[DatasetResult]) -> str:
 
 
 def _brief(value: Any) -> Any:
-    """A config value as printed: a learned weight table (the request gate's) as its size only."""
+    """A config value as printed: the request gate's learned weight tables as their sizes only."""
     if isinstance(value, dict) and isinstance(value.get("weights"), dict):
-        return {**value, "weights": f"{len(value['weights'])} learned weights"}
+        brief = {**value, "weights": f"{len(value['weights'])} learned weights"}
+        if isinstance(value.get("embedding"), list):
+            brief["embedding"] = f"{len(value['embedding'])} embedding weights"
+        return brief
     return value
 
 
