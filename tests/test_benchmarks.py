@@ -476,14 +476,7 @@ def test_clinc_loader_builds_a_valid_catalog() -> None:
 
 @needs_clinc
 def test_tuning_never_reads_the_test_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    read: list[str] = []
-    original = datasets.read_jsonl
-
-    def recording(path: Path) -> list[dict[str, Any]]:
-        read.append(Path(path).name)
-        return original(path)
-
-    monkeypatch.setattr(datasets, "read_jsonl", recording)
+    read = _recording_reads(monkeypatch)
     dataset = datasets.load_clinc(5, intents=10)
     systems, configs, _ = quality.tune_systems(dataset, None,
                                                peers=[peers.TfidfPeer(), peers.RapidFuzzPeer()])
