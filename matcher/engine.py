@@ -471,10 +471,9 @@ def match(query: str, top_k: int = 5) -> TaskMatch:
     return _default_matcher().match(query, top_k)
 
 
-
 def _tuned_for(config: MatcherConfig, catalog: Catalog) -> bool:
     """Whether `config` was tuned (or self-calibrated) for exactly this catalog."""
-    return bool(config.tuning) and (config.tuning or {}).get("catalog_fingerprint") == catalog.fingerprint
+    return (config.tuning or {}).get("catalog_fingerprint") == catalog.fingerprint
 
 
 def _warn_if_tuned_elsewhere(config: MatcherConfig, catalog: Catalog) -> None:

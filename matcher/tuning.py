@@ -142,12 +142,13 @@ def _positions(catalog: Catalog, labels: list[str | None]) -> IntArray:
 
 def _observe(matcher: Matcher, texts: list[str], labels: IntArray, *, progress: bool = False) -> _Observed:
     """Score normalized `texts` as the engine does: negated mentions removed, each query on its own."""
-    requests = [split_negated(text)[0] for text in texts]
+    splits = [split_negated(text) for text in texts]
+    requests = [request for request, _ in splits]
     index = matcher._keyword_index()
     n_profiles = len(matcher.catalog.profiles())
     signals = {name: np.zeros((len(texts), n_profiles)) for name in SIGNALS}
     coverage = np.zeros(len(texts))
-    excluded = [ruled_out_profiles(index, split_negated(text)[1]) for text in texts]
+    excluded = [ruled_out_profiles(index, negated) for _, negated in splits]
     for row, text in enumerate(_progress(requests, progress, "keyword signals")):
         coverage[row] = index.coverage(index.repair(text)[0])
         for name, values in index.components(text).items():
