@@ -31,7 +31,7 @@ from .results import (
     TaskMatchCandidate,
 )
 from .semantic import Embedder, SemanticIndex, SentenceTransformerEmbedder, semantic_available
-from .text import normalize, split_negated
+from .text import normalize, split_negated, tokenize
 
 if TYPE_CHECKING:
     from .keyword import KeywordIndex
@@ -222,6 +222,13 @@ class Matcher:
             raise QueryError(
                 f"query expands to {len(normalized):,} characters under Unicode normalization (NFKC); "
                 f"the limit is {2 * self.config.max_query_chars:,}: send plain text"
+            )
+        words = len(tokenize(normalized))
+        if words > self.config.max_query_chars // 2:
+            raise QueryError(
+                f"query reads as {words:,} words after Unicode normalization (NFKC); the limit is "
+                f"{self.config.max_query_chars // 2:,}, the most a query of max_query_chars plain "
+                "characters can hold: describe the job in a few sentences"
             )
         return normalized
 

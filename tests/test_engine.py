@@ -8,9 +8,12 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import matcher
 from matcher import Matcher, MatcherConfig, QueryError, TaskMatch
+from matcher.text import tokenize
 
 from .conftest import REPO
 
@@ -195,6 +198,65 @@ def test_huge_queries_get_a_clear_error_without_work(default_keyword_matcher: Ma
         default_keyword_matcher.match("invoice " * 131072)
     assert isinstance(info.value, ValueError)
     assert time.perf_counter() - start < 0.5
+
+
+def test_a_query_that_normalizes_into_too_many_words_is_refused(default_keyword_matcher: Matcher) -> None:
+    # 2,048 characters of U+33C2 ("a.m." under NFKC) stay within the character limits but read as
+    # 4,096 words, twice what any 4,096-character ASCII query can hold
+    with pytest.raises(QueryError, match=r"4,096 words .* the limit is 2,048"):
+        default_keyword_matcher.match("\u33c2" * 2048)
+    assert default_keyword_matcher.match("a " * 2048).candidates  # the most words plain text can hold
+
+
+ASCII_REFERENCES = {
+    "plain English": ("extract invoice totals from vendor bills and read their line items " * 80)[:4096],
+    "one-letter words": "a " * 2048,
+    "unknown words": " ".join(f"zq{chr(97 + i // 26)}{chr(97 + i % 26)}xv" for i in range(585))[:4096],
+}
+EXPANDING = ["\ufdfa", "\u33c2", "\ufb03", "\u2474", "\uff49\uff4e\uff56\uff4f\uff49\uff43\uff45", "\u200b",
+             "\x00", " ", "qzv", "invoce", "not ", "no ", "a", "\u0301"]
+
+
+def counted_work(engine: Matcher, query: str) -> tuple[int, int, int]:
+    """What one match costs in counted units: normalized characters and words scored, fuzzy lookups."""
+    index = engine._keyword_index()
+    seen: list[str] = []
+    lookups = 0
+    real_score, real_lookup = engine._score, index._closest_word
+
+    def score(normalized: str) -> object:
+        seen.append(normalized)
+        return real_score(normalized)
+
+    def lookup(token: str) -> object:
+        nonlocal lookups
+        lookups += 1
+        return real_lookup(token)
+
+    engine._score = score  # type: ignore[method-assign,assignment]
+    index._closest_word = lookup  # type: ignore[method-assign]
+    try:
+        engine.match(query)
+    finally:
+        del engine._score  # type: ignore[method-assign]
+        index._closest_word = real_lookup  # type: ignore[method-assign]
+    (normalized,) = seen
+    return len(normalized), len(tokenize(normalized)), lookups
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from(EXPANDING), min_size=1, max_size=4096))
+def test_no_query_costs_more_than_twenty_times_the_longest_ascii_one(default_keyword_matcher: Matcher,
+                                                                     pieces: list[str]) -> None:
+    query = "".join(pieces)[:4096]
+    reference = [max(units) for units in zip(*(counted_work(default_keyword_matcher, q)
+                                               for q in ASCII_REFERENCES.values()), strict=True)]
+    try:
+        work = counted_work(default_keyword_matcher, query)
+    except QueryError:
+        return  # refused before any scoring
+    ratios = [spent / max(allowed, 1) for spent, allowed in zip(work, reference, strict=True)]
+    assert max(ratios) <= 20, (work, reference)
 
 
 def test_zero_width_characters_do_not_change_the_ranking(default_keyword_matcher: Matcher) -> None:
