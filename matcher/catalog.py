@@ -38,9 +38,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 from rapidfuzz import fuzz, process
 from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 
 from .errors import CatalogError, CatalogWarning, UnknownTaskError
-from .text import normalize
+from .text import content_terms, normalize
 
 __all__ = ["Catalog", "Task", "default_catalog", "load_catalog"]
 
@@ -53,6 +54,7 @@ _MAX_LISTED = 50  # problems spelled out in one CatalogError message; `errors` k
 _SHAPE = "a list of task records or a mapping with the single key 'tasks'"
 _TOO_DEEP = f"nested deeper than {_MAX_DEPTH} levels"
 _JSON_VALUE_ERROR = "json_value"
+_ONE_KEY = "each key may appear once in a mapping"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 _Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
@@ -236,6 +238,12 @@ class Catalog:
         self._by_id = {t.id: t for t in self._tasks}
         if not self._tasks:
             raise CatalogError(f"{source}: the catalog has no tasks", source=source, field="tasks")
+        if not any(_has_content_words(profile) for profile in ordered):
+            named = ", ".join(repr(profile.id) for profile in ordered[:_MAX_LISTED])
+            raise CatalogError(
+                f"{source}: task {named}: field 'profile': no task has a content word: titles, descriptions, "
+                "keywords and phrases hold only stop words, which matching ignores; add words that describe "
+                "each task", source=source, task_id=ordered[0].id, field="profile")
         self._fingerprint = _fingerprint(self._profiles)
         _warn_shared_terms(self._profiles, source)
 
@@ -410,6 +418,20 @@ class _CatalogLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping whose keys are all distinct: YAML would silently keep the last of two."""
+        first_seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = first_seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if first is not key_node:
+                raise ConstructorError(None, None, f"duplicate key {key!r} (first at line "
+                                       f"{first.start_mark.line + 1}): {_ONE_KEY}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
 
 def _read_file(file: Path, problems: _Problems) -> list[_RawRecord]:
     """The records of one catalog file; a file that cannot be read or parsed adds a problem instead."""
@@ -511,7 +533,7 @@ def _node_line(node: yaml.Node, loc: Sequence[str | int]) -> int:
 def _json_value(text: str) -> tuple[Any, tuple[str, int | None, int | None] | None]:
     """Parse JSON: (value, None), or (None, (problem, line, column)) when it is invalid or too deep."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_distinct_keys)
     except json.JSONDecodeError as exc:
         return None, (exc.msg, exc.lineno, exc.colno)
     except (ValueError, RecursionError) as exc:  # ValueError: an integer too long to convert
@@ -519,6 +541,16 @@ def _json_value(text: str) -> tuple[Any, tuple[str, int | None, int | None] | No
     if _too_deep(value):
         return None, (_TOO_DEEP, None, None)
     return value, None
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all distinct: `json` would silently keep the last of two."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise ValueError(f"duplicate key {key!r}: {_ONE_KEY}")
+        mapping[key] = value
+    return mapping
 
 
 def _json_records(text: str, source: str, problems: _Problems) -> list[_RawRecord]:
@@ -710,6 +742,12 @@ def _hint(error: ErrorDetails) -> str:
             return f"; did you mean {close[0]!r}?"
         return f"; known fields: {', '.join(_TaskRecord.model_fields)}"
     return ""
+
+
+def _has_content_words(task: Task) -> bool:
+    """Whether any profile text of `task` holds a word that is not a stop word (what matching reads)."""
+    texts = [task.title or "", task.description or "", *(term for term, _ in task.keywords), *task.phrases]
+    return any(content_terms(normalize(text)) for text in texts)
 
 
 def _fingerprint(profiles: Sequence[Task]) -> str:

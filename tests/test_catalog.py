@@ -204,11 +204,11 @@ def test_task_to_dict_limits_examples() -> None:
 
 def test_leaderboard_data_is_validated() -> None:
     board = {"models": [{"name": "open-1", "kind": "open", "quality": 0.8}], "illustrative": True}
-    task = Catalog.from_records([{"id": "a", "title": "A", "leaderboard": board}]).get("a")
+    task = Catalog.from_records([{"id": "a", "title": "Leaderboard task", "leaderboard": board}]).get("a")
     assert task.leaderboard is not None and task.leaderboard["models"][0]["name"] == "open-1"
     bad = {"models": [{"name": "x", "kind": "open", "quality": 1.5}]}
     with pytest.raises(CatalogError, match=r"leaderboard\.models\.0\.quality"):
-        Catalog.from_records([{"id": "a", "title": "A", "leaderboard": bad}])
+        Catalog.from_records([{"id": "a", "title": "Leaderboard task", "leaderboard": bad}])
 
 
 BROKEN_YAML = """\
@@ -413,6 +413,42 @@ def test_non_finite_numbers_in_files_are_refused_with_the_field(tmp_path: Path) 
     assert problems[0] == "a.yaml:5: task 'a': field 'examples.0.output': must be a finite number, got inf"
     assert problems[1] == "b.jsonl:1: task 'b': field 'examples.0.output.total': must be a finite number, got nan"
     assert problems[2].startswith("c.json:1: task 'c': field 'leaderboard.models.0.quality': Input should be a finite")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("record.yaml", "- id: a\n  title: Invoices\n  title: Receipts\n",
+         ":3:3: cannot parse catalog file: duplicate key 'title' (first at line 2): each key may appear once"),
+        ("top.yaml", "tasks:\n  - id: a\n    title: A\ntasks:\n  - id: b\n    title: B\n",
+         ":4:1: cannot parse catalog file: duplicate key 'tasks' (first at line 1)"),
+        ("keywords.yaml", "- id: a\n  keywords:\n    invoice: 1.0\n    invoice: 0.2\n",
+         ":4:5: cannot parse catalog file: duplicate key 'invoice' (first at line 3)"),
+        ("record.json", '[{"id": "a", "title": "Invoices", "title": "Receipts"}]',
+         ": cannot parse catalog file: duplicate key 'title': each key may appear once"),
+        ("record.jsonl", '{"id": "a", "title": "A"}\n{"id": "b", "title": "B", "id": "c"}\n',
+         ":2: cannot parse catalog file: duplicate key 'id': each key may appear once"),
+    ],
+)
+def test_duplicate_keys_are_errors_not_the_last_value(tmp_path: Path, name: str, content: str,
+                                                      expected: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / name)
+    assert str(info.value).startswith(f"{tmp_path / name}{expected}")
+
+
+def test_a_catalog_of_stop_words_only_is_an_error_naming_the_tasks(tmp_path: Path) -> None:
+    (tmp_path / "stop.yaml").write_text("- id: the-one\n  title: The one\n  phrases: [what is this]\n"
+                                        "- id: it-is\n  keywords: [the, and]\n  description: It is what it is.\n")
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / "stop.yaml")
+    error = info.value
+    assert (error.task_id, error.field) == ("it-is", "profile")
+    assert str(error).startswith(f"{tmp_path / 'stop.yaml'}: task 'it-is', 'the-one': field 'profile': no task "
+                                 "has a content word")
+    # one task with content words is enough to build the index; the others are merely unreachable
+    assert len(Catalog.from_records([{"id": "the-one", "title": "The one"}, {"id": "b", "title": "Invoices"}])) == 2
 
 
 def test_the_schema_documents_every_field() -> None:
