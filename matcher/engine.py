@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
+from .cachefiles import read_cache_file
 from .calibration import HIGH, LOW, calibrate, confidence_tiers, is_ambiguous
 from .catalog import Catalog, default_catalog, load_catalog
 from .config import CONFIG_VERSION, FieldWeights, MatcherConfig
@@ -118,16 +119,10 @@ class Matcher:
         shipped = default_config(semantic=self._embedder is not None)
         model = None if self._embedder is None else self._embedder.model_id
         path = _self_calibration_path(self._cache_dir, self.catalog.fingerprint, model)
-        if path.is_file():
-            try:
-                cached = MatcherConfig.load(path)
-            except ConfigError as exc:
-                warnings.warn(f"self-calibration cache {path} is unusable ({exc}); fitting it again",
-                              RuntimeWarning, stacklevel=4)
-            else:
-                if _tuned_for(cached, self.catalog):
-                    _log.info("self-calibration read from %s", path)
-                    return cached
+        cached = _read_self_calibration(path)
+        if cached is not None and _tuned_for(cached, self.catalog):
+            _log.info("self-calibration read from %s", path)
+            return cached
         _log.info("self-calibrating %d tasks from their own phrases (no config was tuned for this catalog)",
                   len(self.catalog))
         started = time.perf_counter()
@@ -494,6 +489,29 @@ def _warn_if_tuned_elsewhere(config: MatcherConfig, catalog: Catalog) -> None:
 
 
 _SELF_CALIBRATION_FORMAT = 1
+
+
+_MAX_SELF_CALIBRATION_BYTES = 64 * 1024 * 1024
+
+
+def _read_self_calibration(path: Path) -> MatcherConfig | None:
+    """The cached self-calibration at `path`, or None: absent, or unusable (then with a warning).
+
+    Read like the embedding cache (`cachefiles.read_cache_file`): a FIFO, device or link at the
+    path, or a folder the process may not enter, is an unusable cache, not a hang or a crash.
+    """
+    try:
+        blob = read_cache_file(path, max_bytes=_MAX_SELF_CALIBRATION_BYTES)
+        if blob is None:
+            return None
+        data = json.loads(blob.decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ConfigError("a matcher config must be a JSON object")
+        return MatcherConfig.from_dict(data, source=str(path))
+    except (OSError, ValueError) as exc:  # ValueError: JSON, UTF-8 and ConfigError alike
+        warnings.warn(f"self-calibration cache {path} is unusable ({exc}); fitting it again",
+                      RuntimeWarning, stacklevel=5)
+        return None
 
 
 def _self_calibration_path(cache_dir: Path | None, fingerprint: str, model: str | None) -> Path:

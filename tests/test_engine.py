@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
 import time
+import warnings
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,9 +18,10 @@ from hypothesis import strategies as st
 
 import matcher
 from matcher import Matcher, MatcherConfig, QueryError, TaskMatch
+from matcher.engine import _self_calibration_path
 from matcher.text import tokenize
 
-from .conftest import REPO
+from .conftest import REPO, run_python_as_an_ordinary_user, small_records
 
 
 def test_contract_example_matches_with_high_confidence(default_keyword_matcher: Matcher) -> None:
@@ -339,3 +345,58 @@ def test_reasoning_says_why_a_mention_is_not_a_request(default_keyword_matcher: 
     assert result.candidates[0].task_id == "meeting-summarization"  # the topic ranks first ...
     assert result.reasoning.startswith(  # ... but the gate says it is not asked for
         "This reads as a remark, question or action that is not a request for a catalog task (the words ")
+
+
+def self_calibrating_catalog() -> matcher.Catalog:
+    """Three tasks with phrases enough to hold out: no shipped config fits, so it self-calibrates."""
+    records = small_records()
+    for record, extra in zip(records, (["itemise vendor bills", "invoice header and totals"],
+                                       ["till slips to a spreadsheet", "merchant and date from a receipt"],
+                                       ["is this review positive", "mood of customer comments"]), strict=True):
+        record["phrases"] = [*record["phrases"], *extra]  # type: ignore[misc]
+    return matcher.Catalog.from_records(records)
+
+
+def test_a_fifo_at_the_self_calibration_cache_is_never_opened(tmp_path: Path) -> None:
+    catalog = self_calibrating_catalog()
+    path = _self_calibration_path(tmp_path, catalog.fingerprint, None)
+    os.mkfifo(path)
+    configs: list[MatcherConfig] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        worker = threading.Thread(target=lambda: configs.append(
+            Matcher(catalog, semantic=False, cache_dir=tmp_path).config), daemon=True)
+        worker.start()
+        worker.join(120)
+    if worker.is_alive() and stat.S_ISFIFO(path.lstat().st_mode):  # a reader stuck in open(): let it go
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert configs, "the matcher hung on the FIFO at its self-calibration cache"
+    assert any("self-calibration cache" in str(w.message) and "not a regular file but a FIFO" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    assert stat.S_ISREG(path.lstat().st_mode)  # the fitted config replaced it
+    assert Matcher(catalog, semantic=False, cache_dir=tmp_path).config == configs[0]
+
+
+def test_a_self_calibration_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    code = (
+        "import json, sys, warnings\n"
+        "import matcher\n"
+        "from tests.test_engine import self_calibrating_catalog\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    result = matcher.Matcher(self_calibrating_catalog(), semantic=False, cache_dir=sys.argv[1])"
+        ".match('read the totals of vendor invoices')\n"
+        "print(json.dumps([result.candidates[0].task_id, [str(w.message) for w in caught]]))\n"
+    )
+    try:
+        run = run_python_as_an_ordinary_user(code, str(locked))
+    finally:
+        locked.chmod(0o700)
+    assert run.returncode == 0, run.stderr
+    top, messages = json.loads(run.stdout.splitlines()[-1])
+    assert top == "invoice-extraction"
+    assert any("self-calibration cache" in m and "is unusable (cannot inspect it: Permission denied)" in m
+               for m in messages), messages
+    assert any("cannot cache the self-calibration" in m for m in messages), messages

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +27,7 @@ from matcher import Catalog, Matcher, SemanticUnavailableError, SentenceTransfor
 from matcher.semantic import STALE_TEMPORARY_SECONDS, Embedder, SemanticIndex, profile_texts
 from matcher.text import STOP_WORDS, normalize, stem, tokenize
 
-from .conftest import REPO, small_records
+from .conftest import REPO, run_python_as_an_ordinary_user, small_records
 
 pytestmark = pytest.mark.semantic
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -156,7 +160,7 @@ def test_cache_is_written_reused_and_survives_corruption(tmp_path: Path) -> None
 
     second = CountingEmbedder()
     cached = SemanticIndex(catalog.profiles(), second, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
-    assert second.encoded == 0
+    assert second.encoded == 3  # only the probe that checks the cached vectors
     np.testing.assert_array_equal(cached.similarities("restaurant receipts"), reference)
 
     files[0].write_bytes(files[0].read_bytes()[:200])
@@ -245,6 +249,118 @@ def test_cache_with_a_tampered_manifest_is_rebuilt(tmp_path: Path, embedder: Sen
     np.savez(path, manifest=np.asarray(json.dumps(manifest)), vectors=vectors[::-1], checksum=checksum)
     with pytest.warns(RuntimeWarning, match="manifest does not match"):
         SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+
+
+def _unit_rows(shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    rows = np.random.default_rng(7).standard_normal(shape)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+FORGERIES = {
+    "all zeros": (lambda v: np.zeros_like(v), "not unit-norm"),
+    "too narrow": (lambda v: np.ascontiguousarray(v[:, :100]), "100 wide, the model's are 384"),
+    "random unit vectors": (lambda v: _unit_rows(v.shape), "disagree with the model"),
+    "not finite": (lambda v: np.where(np.arange(v.shape[1]) == 3, np.float32("nan"), v), "non-finite"),
+    "rows reversed": (lambda v: np.ascontiguousarray(v[::-1]), "disagree with the model"),
+    "one row short": (lambda v: np.ascontiguousarray(v[:-1]), "one row per each of 9 texts"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_cache_whose_checksum_holds_but_whose_vectors_lie_is_rebuilt(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, forgery: str) -> None:
+    # whoever can write the file can recompute its checksum: the vectors themselves are checked
+    catalog = Catalog.from_records(small_records())
+    reference = SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    path = next(tmp_path.glob("embeddings-*.npz"))
+    with np.load(path) as data:
+        manifest, vectors = str(data["manifest"]), data["vectors"]
+    change, reason = FORGERIES[forgery]
+    forged = np.asarray(change(vectors), dtype=np.float32)
+    np.savez(path, manifest=np.asarray(manifest), vectors=forged,
+             checksum=np.asarray(hashlib.sha256(forged.tobytes()).hexdigest()))
+    counting = CountingEmbedder()
+    with pytest.warns(RuntimeWarning, match=f"is unusable .*{reason}.*; rebuilding it"):
+        rebuilt = SemanticIndex(catalog.profiles(), counting, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    probed = 3 if len(forged) == 9 else 0  # a wrong row count fails before the probe
+    assert counting.encoded == probed + 9  # the probe, then every text again
+    np.testing.assert_array_equal(rebuilt.similarities("restaurant receipts"),
+                                  reference.similarities("restaurant receipts"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt cache passes every check
+        SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _link_to_a_device(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("plant", [_fifo, _link_to_a_device], ids=["fifo", "link to /dev/zero"])
+def test_a_fifo_or_device_at_the_cache_path_is_never_opened(tmp_path: Path, embedder: SentenceTransformerEmbedder,
+                                                            plant: Any) -> None:
+    catalog = Catalog.from_records(small_records())
+    SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path / "first")
+    path = tmp_path / next((tmp_path / "first").glob("embeddings-*.npz")).name
+    plant(path)
+    built: list[SemanticIndex] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        worker = threading.Thread(target=lambda: built.append(
+            SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)),
+            daemon=True)
+        worker.start()
+        worker.join(60)
+    if worker.is_alive() and stat.S_ISFIFO(path.lstat().st_mode):  # a reader stuck in open(): let it go
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert built, "building the index hung on the file at the cache path"
+    assert any("is not a regular file" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert stat.S_ISREG(path.lstat().st_mode)  # rebuilt in its place, the link replaced, not its target
+
+
+def test_a_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    code = (
+        "import json, sys, warnings\n"
+        "from pathlib import Path\n"
+        "from matcher import Catalog, SentenceTransformerEmbedder\n"
+        "from matcher.semantic import SemanticIndex\n"
+        "from tests.conftest import small_records\n"
+        "catalog = Catalog.from_records(small_records())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    index = SemanticIndex(catalog.profiles(), SentenceTransformerEmbedder(),\n"
+        "                          fingerprint=catalog.fingerprint, cache_dir=Path(sys.argv[1]))\n"
+        "print(json.dumps([index.similarities('receipts').tolist(), [str(w.message) for w in caught]]))\n"
+    )
+    try:
+        run = run_python_as_an_ordinary_user(code, str(locked))
+    finally:
+        locked.chmod(0o700)
+    assert run.returncode == 0, run.stderr
+    similarities, messages = json.loads(run.stdout.splitlines()[-1])
+    assert len(similarities) == 3
+    assert any("is unusable (cannot inspect it: Permission denied)" in m for m in messages), messages
+    assert any("cannot write embedding cache" in m for m in messages), messages
+
+
+def test_a_truncated_cache_leaves_no_file_open(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    catalog = Catalog.from_records(small_records())
+    SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+    path = next(tmp_path.glob("embeddings-*.npz"))
+    whole = path.read_bytes()
+    for cut in (200, len(whole) // 2, len(whole) - 30):
+        path.write_bytes(whole[:cut])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            SemanticIndex(catalog.profiles(), embedder, fingerprint=catalog.fingerprint, cache_dir=tmp_path)
+            gc.collect()
+        assert any("is unusable" in str(w.message) for w in caught)
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)], cut
 
 
 def test_a_changed_catalog_gets_its_own_cache_entry(tmp_path: Path,
