@@ -41,6 +41,11 @@ class CatalogError(MatcherError, ValueError):
         self.errors: tuple[CatalogError, ...] = errors or (self,)
 
 
+# An unknown id is echoed up to this length (ids are at most 100 characters): a message, and an
+# HTTP 404 body, must not grow with whatever was asked for.
+_SHOWN_ID_CHARS = 100
+
+
 class UnknownTaskError(MatcherError, KeyError):
     """A task id is not in the catalog; the message suggests the closest ids."""
 
@@ -48,7 +53,9 @@ class UnknownTaskError(MatcherError, KeyError):
         self.task_id = task_id
         self.suggestions = suggestions
         hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown task id {task_id!r}{hint}")
+        shown = (repr(task_id) if len(task_id) <= _SHOWN_ID_CHARS
+                 else f"{task_id[:_SHOWN_ID_CHARS]!r}... ({len(task_id):,} characters)")
+        super().__init__(f"unknown task id {shown}{hint}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message again
         return str(self.args[0])

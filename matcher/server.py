@@ -14,9 +14,13 @@ Routes (bodies are the library's own `to_dict()` output, so keys the library add
   load their scripts from a CDN (no pinned package ships them), so they would be blank offline.
 
 Every error body is ``{"detail": "<message>"}``: 422 for invalid input (the library's messages
-are passed through), 400 for a body that cannot be decoded at all, 404 naming the closest task
-ids, 401 for a missing or wrong API key, 413 for a body over the limit. Client input never
-produces a 5xx.
+are passed through), 400 for a body that cannot be decoded at all (and, from the protocol, for a
+request that is not HTTP), 404 naming the closest task ids (an unknown id is echoed up to 100
+characters), 401 for a missing or wrong API key, 413 for a body over the limit, 415 for a match
+body not declared as JSON, 408 for a request head or body that does not arrive in time
+(`matcher.connections`), 503 with ``Retry-After`` while warming up or when `max_concurrency`
+matches are already in flight, and a 500 for a failure nobody foresaw (its traceback goes to the
+log). Client input never produces a 5xx. Every GET route answers HEAD.
 
 Warm-up: building the index and loading the model take from a second to a minute, so the server
 accepts connections at once and warms the matcher on a background thread started by the
@@ -56,13 +60,14 @@ import argparse
 import copy
 import hmac
 import logging
+import math
 import os
 import socket
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -70,7 +75,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import anyio.to_thread
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -81,6 +86,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task, load_catalog
 from .config import MatcherConfig
+from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
 from .engine import SEMANTIC_CHOICES, Matcher
 from .errors import MatcherError, UnknownTaskError
 
@@ -103,6 +109,11 @@ HEALTH_PATHS = ("/healthz", "/v1/health")
 # default pool, on both paths and from 1 to 64 concurrent clients).
 MATCH_THREADS = max(4, os.cpu_count() or 1)
 DEFAULT_MAX_BODY_BYTES = 64_000
+# Matches in flight per worker (running or queued for a thread) before new ones get a fast 503:
+# a queue longer than this only makes every client wait (measured on 2 cores: 256 concurrent
+# semantic requests waited a median of 8.3 s); 64 is a few seconds of the slowest path's work.
+DEFAULT_MAX_CONCURRENCY = 64
+OVERLOAD_RETRY_AFTER_SECONDS = 1
 # Seconds a client is asked to wait before retrying a match during warm-up (the keyword index
 # takes about a second, the model and task embeddings up to a minute on a small machine).
 RETRY_AFTER_SECONDS = 5
@@ -118,6 +129,9 @@ _ENV_SEMANTIC = "MATCHER_SEMANTIC"
 _ENV_KEYS = "MATCHER_API_KEYS"
 _ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
+_ENV_MAX_CONCURRENCY = "MATCHER_MAX_CONCURRENCY"
+_ENV_TIMEOUTS = {"header_timeout": "MATCHER_HEADER_TIMEOUT", "body_timeout": "MATCHER_BODY_TIMEOUT",
+                 "keep_alive_timeout": "MATCHER_KEEP_ALIVE_TIMEOUT"}
 _MAX_REPORTED_ERRORS = 5
 _log = logging.getLogger(__name__)
 
@@ -292,18 +306,22 @@ class _WarmUp:
 
 
 def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = (),
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> FastAPI:
     """The API over `matcher` (default: the bundled catalog, ``semantic="auto"``).
 
     With `api_keys`, every route but health needs ``Authorization: Bearer <key>``. Bodies over
-    `max_body_bytes` get 413 before they are parsed. The lifespan start-up warms the matcher (index
-    and model) on a background thread while the server already answers (see the module docstring).
+    `max_body_bytes` get 413 before they are parsed. At most `max_concurrency` matches are in
+    flight; one more gets 503 with ``Retry-After`` at once instead of a place in a queue. The
+    lifespan start-up warms the matcher (index and model) on a background thread while the server
+    already answers (see the module docstring).
     """
     the_matcher = matcher if matcher is not None else Matcher()
     if not isinstance(the_matcher, Matcher):
         raise TypeError(f"matcher must be a Matcher, got {type(the_matcher).__name__}")
-    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_concurrency", max_concurrency)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     keys = _validated_keys(api_keys)
     catalog = the_matcher.catalog
     warm = _WarmUp(the_matcher, keys_required=bool(keys))
@@ -323,6 +341,7 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
     app.add_middleware(_RequestGate, keys=keys, max_body_bytes=max_body_bytes,
                        open_paths=frozenset(HEALTH_PATHS))
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
 
     async def health() -> JSONResponse:
         """Readiness: 200 ``ok`` after warm-up, 503 ``starting`` before it or ``failed`` if it
@@ -338,12 +357,14 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
                                      503: {"model": HealthBody, "description": "Warming up, or warm-up failed"}})
 
     match_slots = anyio.CapacityLimiter(MATCH_THREADS)
+    admitted = anyio.CapacityLimiter(max_concurrency)
 
-    @app.post("/v1/tasks/match", response_model=None, tags=["tasks"],
+    @app.post("/v1/tasks/match", response_model=None, tags=["tasks"], dependencies=[Depends(_json_body)],
               responses={200: {"model": MatchBody},
                          400: _error("Body cannot be decoded (not UTF-8, or nested too deeply)"),
-                         413: _error("Body too large"), 422: _error("Invalid query or top_k"),
-                         503: _error("Still warming up (see Retry-After), or warm-up failed")})
+                         413: _error("Body too large"), 415: _error("Body is not declared as JSON"),
+                         422: _error("Invalid query or top_k"),
+                         503: _error("Still warming up, or over capacity (see Retry-After); or warm-up failed")})
     async def match_tasks(request: MatchRequest) -> JSONResponse:
         """Rank the catalog's tasks for a plain-English description of a job."""
         status = warm.status
@@ -353,10 +374,18 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
         if status == "failed":
             raise HTTPException(status_code=503, detail="the matcher failed to warm up; see the server log")
         try:
+            admitted.acquire_nowait()  # on the event loop, before any work: refusing costs nothing
+        except anyio.WouldBlock:
+            raise HTTPException(status_code=503, headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
+                                detail=f"the server is at its limit of {max_concurrency} matches in flight; "
+                                       "retry shortly") from None
+        try:
             result = await anyio.to_thread.run_sync(the_matcher.match, request.query, request.top_k,
                                                     limiter=match_slots)
         except (MatcherError, ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
+        finally:
+            admitted.release()
         return JSONResponse(result.to_dict())
 
     @app.get("/v1/tasks", response_model=None, tags=["tasks"],
@@ -427,6 +456,22 @@ def _task(catalog: Catalog, task_id: str) -> Task:
         raise HTTPException(status_code=404, detail=str(exc)) from None
 
 
+async def _json_body(request: Request) -> None:
+    """415 for a body not declared as JSON: FastAPI would call it a missing "dictionary or object"."""
+    declared = request.headers.get("content-type")
+    media = (declared or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    what = "no Content-Type header" if not declared else f"Content-Type {media[:100]!r}"
+    raise HTTPException(status_code=415, detail=f"the request has {what}: send the body as JSON with "
+                                                "'Content-Type: application/json'")
+
+
+async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    """A JSON 500 for a failure the app did not foresee (uvicorn logs its traceback)."""
+    return JSONResponse({"detail": "internal server error: the cause is in the server log"}, status_code=500)
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     """422 with one readable sentence per problem instead of FastAPI's list of error objects."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
@@ -489,11 +534,15 @@ def _validated_keys(api_keys: Collection[str]) -> tuple[bytes, ...]:
 
 
 class _RequestGate:
-    """Pure ASGI layer in front of the app: the API-key check, then the body-size limit.
+    """Pure ASGI layer in front of the app: the API-key check, the path check, then the body-size limit.
 
     The body is read here, counted as it streams in, and replayed to the app, so an oversized
     body is refused (413) as soon as the limit is crossed, or at once from its Content-Length,
     and is never parsed. Unauthenticated requests are refused before their body is read.
+    A path with an encoded slash is refused (404): uvicorn decodes ``%2F`` before routing, so
+    ``/v1/tasks/a%2Fleaderboard`` would reach the leaderboard of task ``a`` instead of asking
+    for a task whose id holds a slash (no id does). ``HEAD`` is answered as ``GET`` (uvicorn
+    sends the headers only), so every GET route answers HEAD.
     """
 
     def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...], max_body_bytes: int,
@@ -514,6 +563,12 @@ class _RequestGate:
                 await _reject(scope, receive, send, 401, problem,
                               {"WWW-Authenticate": 'Bearer realm="task-matcher"'})
                 return
+        if b"%2f" in bytes(scope.get("raw_path") or b"").lower():
+            await _reject(scope, receive, send, 404, "not found: the path holds an encoded '/' (%2F), and no "
+                                                     "route takes one inside a path segment (task ids have none)")
+            return
+        if scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -588,9 +643,13 @@ def _version() -> str:
 def load_api_keys(env_value: str | None = None, keys_file: str | Path | None = None) -> tuple[str, ...]:
     """Keys from a comma-separated string and/or a file with one key per line (blank and ``#`` lines skipped).
 
-    A file that holds no key is an error: it would silently switch authentication off.
+    A string (even an empty one) or a file that holds no key is an error: it would silently
+    switch authentication off. Only no setting at all (None) means an open API.
     """
     keys = [part.strip() for part in (env_value or "").split(",") if part.strip()]
+    if env_value is not None and not keys:
+        raise ValueError(f"{_ENV_KEYS} is set but holds no API key ({len(env_value)} characters of commas and "
+                         f"spaces): set comma-separated keys, or unset {_ENV_KEYS} to run without keys")
     if keys_file is not None:
         path = Path(keys_file)
         try:
@@ -613,15 +672,17 @@ class ServerSettings:
     semantic: str = "auto"
     api_keys_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_SEMANTIC``,
-        ``MATCHER_API_KEYS_FILE`` and ``MATCHER_MAX_BODY_BYTES`` (unset: defaults)."""
+        ``MATCHER_API_KEYS_FILE``, ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY`` and the
+        ``MATCHER_*_TIMEOUT`` variables (unset: defaults)."""
         env = os.environ if environ is None else environ
-        raw_limit = env.get(_ENV_MAX_BODY) or str(DEFAULT_MAX_BODY_BYTES)
-        if not raw_limit.isdigit() or int(raw_limit) < 1:
-            raise ValueError(f"{_ENV_MAX_BODY} must be a positive integer, got {raw_limit!r}")
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
             raise ValueError(f"{_ENV_SEMANTIC} must be one of auto, on, off; got {semantic!r}")
@@ -630,12 +691,16 @@ class ServerSettings:
             config=_optional_path(env.get(_ENV_CONFIG)),
             semantic=semantic,
             api_keys_file=_optional_path(env.get(_ENV_KEYS_FILE)),
-            max_body_bytes=int(raw_limit),
+            max_body_bytes=_positive_int(env, _ENV_MAX_BODY, DEFAULT_MAX_BODY_BYTES),
+            max_concurrency=_positive_int(env, _ENV_MAX_CONCURRENCY, DEFAULT_MAX_CONCURRENCY),
+            **{name: _positive_seconds(env, variable, getattr(cls, name)) for name, variable in _ENV_TIMEOUTS.items()},
         )
 
     def to_env(self) -> dict[str, str]:
         """The variables `from_env` reads back (a key file's path, never the keys themselves)."""
-        env = {_ENV_SEMANTIC: self.semantic, _ENV_MAX_BODY: str(self.max_body_bytes)}
+        env = {_ENV_SEMANTIC: self.semantic, _ENV_MAX_BODY: str(self.max_body_bytes),
+               _ENV_MAX_CONCURRENCY: str(self.max_concurrency),
+               **{variable: repr(getattr(self, name)) for name, variable in _ENV_TIMEOUTS.items()}}
         for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
                             (_ENV_KEYS_FILE, self.api_keys_file)):
             if value is not None:
@@ -652,11 +717,35 @@ class ServerSettings:
         """The app: keys from ``MATCHER_API_KEYS`` in `environ` plus those in `api_keys_file`."""
         env = os.environ if environ is None else environ
         keys = load_api_keys(env.get(_ENV_KEYS), self.api_keys_file)
-        return create_app(self.build_matcher(), api_keys=keys, max_body_bytes=self.max_body_bytes)
+        return create_app(self.build_matcher(), api_keys=keys, max_body_bytes=self.max_body_bytes,
+                          max_concurrency=self.max_concurrency)
+
+    def uvicorn_config(self, app: ASGIApp | str, **options: Any) -> LimitedConfig:
+        """uvicorn's config for `app` (an app or a factory's import path) with these connection timeouts."""
+        return LimitedConfig(app, header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                             keep_alive_timeout=self.keep_alive_timeout, **options)
 
 
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name) or repr(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def app_from_env() -> FastAPI:
@@ -702,16 +791,19 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 @contextmanager
 def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
-                        startup_timeout: float = 300.0, wait_until_ready: bool = True) -> Iterator[str]:
+                        startup_timeout: float = 300.0, wait_until_ready: bool = True,
+                        settings: ServerSettings | None = None) -> Iterator[str]:
     """Run `app` under uvicorn on a daemon thread; yields its base URL once it serves, and warm.
 
     For tests, notebooks and embedding: the socket is bound first (port 0 picks a free one). With
     `wait_until_ready` (the default) and an app from `create_app`, the URL is handed out only after
     the matcher's background warm-up finished, and a failed warm-up raises `RuntimeError`; without
-    it, as soon as uvicorn accepts connections (health then says ``starting`` until warm).
+    it, as soon as uvicorn accepts connections (health then says ``starting`` until warm). The
+    connection timeouts are those of `settings` (default: the defaults of `ServerSettings`).
     """
     sock = _listening_socket(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
+    config = (settings or ServerSettings()).uvicorn_config(app, lifespan="on", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                               name="task-matcher-server")
     thread.start()
@@ -757,6 +849,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="file with one API key per line; keys then guard every route but health")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"largest accepted request body (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY,
+                        help="matches in flight per worker; more get 503 with Retry-After at once "
+                             f"(default {DEFAULT_MAX_CONCURRENCY})")
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+                        help="a request line and headers must arrive within this time, from the connection's "
+                             "opening or the request's first byte; else 408 and close "
+                             f"(default {DEFAULT_HEADER_TIMEOUT:g})")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT, metavar="SECONDS",
+                        help="a request body must arrive within this time of its headers; else 408 and close "
+                             f"(default {DEFAULT_BODY_TIMEOUT:g})")
+    parser.add_argument("--keep-alive-timeout", type=float, default=DEFAULT_KEEP_ALIVE_TIMEOUT, metavar="SECONDS",
+                        help="an idle connection between requests is closed after this time "
+                             f"(default {DEFAULT_KEEP_ALIVE_TIMEOUT:g})")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"),
                         help="log level of uvicorn and of the matcher's own logs (default info)")
@@ -767,23 +872,45 @@ def _log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config plus the ``matcher`` loggers, printed like uvicorn's at `level`.
 
     uvicorn applies it in the supervisor and again in each worker process, so the library's
-    warm-up lines (index, model, embeddings) show with one worker and with several.
+    warm-up lines (index, model, embeddings) show with one worker and with several. Access-log
+    lines go through `_RedactQueryStrings`.
     """
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["matcher"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config.setdefault("filters", {})["redact_query_strings"] = {"()": f"{__name__}._RedactQueryStrings"}
+    config["handlers"]["access"]["filters"] = ["redact_query_strings"]
     return config
+
+
+class _RedactQueryStrings(logging.Filter):
+    """Access-log lines show a request's path, never its query string: keys or personal data may be in it.
+
+    uvicorn logs ``'%s - "%s %s HTTP/%s" %d'`` with the path and query as its third argument;
+    everything after ``?`` there becomes ``[redacted]``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].partition("?")[0] + "?[redacted]", *args[3:])
+        return True
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """`task-matcher serve`: check the settings, run uvicorn until interrupted; returns the exit status."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        if args.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        if args.max_body_bytes < 1:
-            raise ValueError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
+        for option in ("workers", "max_body_bytes", "max_concurrency"):
+            if getattr(args, option) < 1:
+                raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+        for option in _ENV_TIMEOUTS:
+            if not math.isfinite(getattr(args, option)) or getattr(args, option) <= 0:
+                raise ValueError(f"--{option.replace('_', '-')} must be a positive number of seconds, "
+                                 f"got {getattr(args, option)}")
         settings = ServerSettings(catalog=args.catalog, config=args.config, semantic=args.semantic,
-                                  api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes)
+                                  api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes,
+                                  max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,
+                                  body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout)
         app = settings.build_app()  # fails fast on a bad catalog, config or keys file
     except (MatcherError, ValueError, TypeError, ImportError) as exc:
         print(f"task-matcher serve: error: {exc}", file=sys.stderr)
@@ -793,11 +920,13 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     common: dict[str, Any] = {"host": args.host, "port": args.port, "lifespan": "on",
                               "log_level": args.log_level, "log_config": _log_config(args.log_level)}
     if args.workers == 1:
-        uvicorn.run(app, **common)
-        return 0
+        server = uvicorn.Server(settings.uvicorn_config(app, **common))
+        with suppress(KeyboardInterrupt):
+            server.run()
+        return 0 if server.started else 1
     # What uvicorn.run does for several workers, but on a socket that keeps TCP_NODELAY.
     os.environ.update(settings.to_env())  # the worker processes inherit these
-    config = uvicorn.Config("matcher.server:app_from_env", factory=True, workers=args.workers, **common)
+    config = settings.uvicorn_config("matcher.server:app_from_env", factory=True, workers=args.workers, **common)
     try:
         sock = _listening_socket(args.host, args.port)
     except OSError as exc:

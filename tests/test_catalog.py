@@ -86,6 +86,14 @@ def test_unknown_id_raises_a_key_error_that_suggests_the_closest() -> None:
     assert "did you mean 'invoice-extraction'" in str(info.value)
 
 
+def test_an_unknown_id_is_echoed_only_up_to_the_longest_possible_id() -> None:
+    with pytest.raises(UnknownTaskError) as info:
+        matcher.default_catalog().get("invoice-extractio" + "n" * 5000)
+    assert info.value.task_id == "invoice-extractio" + "n" * 5000
+    assert str(info.value).startswith(f"unknown task id {('invoice-extractio' + 'n' * 83)!r}... (5,017 characters)")
+    assert len(str(info.value)) < 300
+
+
 def test_fingerprint_ignores_record_order_and_tracks_content() -> None:
     records = small_records()
     shuffled = records[:]

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ import pytest
 import matcher
 from matcher.semantic import SemanticIndex, SentenceTransformerEmbedder, semantic_available
 from matcher.server import (
+    OVERLOAD_RETRY_AFTER_SECONDS,
     RETRY_AFTER_SECONDS,
     ServerSettings,
     app_from_env,
     create_app,
+    load_api_keys,
     serve_in_background,
     serve_main,
 )
@@ -525,13 +528,134 @@ def test_app_from_env_reads_keys_from_env_and_file(tmp_path: Path, monkeypatch: 
 
 
 def test_settings_round_trip_through_env(tmp_path: Path) -> None:
+    limits = {"max_body_bytes": 123, "max_concurrency": 7, "header_timeout": 1.5, "body_timeout": 2.25,
+              "keep_alive_timeout": 0.1}
     settings = ServerSettings(catalog=tmp_path / "c.yaml", semantic="off", api_keys_file=tmp_path / "k",
-                              max_body_bytes=123)
+                              **limits)  # type: ignore[arg-type]
     env = settings.to_env()
     assert ServerSettings.from_env(env) == ServerSettings(
         catalog=(tmp_path / "c.yaml").resolve(), semantic="off",
-        api_keys_file=(tmp_path / "k").resolve(), max_body_bytes=123)
+        api_keys_file=(tmp_path / "k").resolve(), **limits)  # type: ignore[arg-type]
     assert "MATCHER_API_KEYS" not in env
+    for variable, value in (("MATCHER_MAX_CONCURRENCY", "0"), ("MATCHER_HEADER_TIMEOUT", "soon"),
+                            ("MATCHER_BODY_TIMEOUT", "-1"), ("MATCHER_KEEP_ALIVE_TIMEOUT", "nan")):
+        with pytest.raises(ValueError, match=variable):
+            ServerSettings.from_env({**env, variable: value})
+
+
+class HeldMatcher(matcher.Matcher):
+    """A keyword-only matcher whose matches wait until the test lets them go: work held in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(semantic=False)
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def match(self, query: str, top_k: int = 5) -> matcher.TaskMatch:
+        self.entered.release()
+        assert self.release.wait(60), "the test never released the held matches"
+        return super().match(query, top_k)
+
+
+def test_matches_over_the_concurrency_cap_get_a_fast_503_with_retry_after() -> None:
+    held = HeldMatcher()
+    with serve_in_background(create_app(held, max_concurrency=2)) as url, ThreadPoolExecutor(4) as pool:
+        try:
+            first = [pool.submit(httpx.post, f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=60)
+                     for _ in range(2)]
+            for _ in first:
+                assert held.entered.acquire(timeout=30)  # both are inside the matcher now
+            refused = httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=10)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == str(OVERLOAD_RETRY_AFTER_SECONDS)
+            assert refused.json() == {"detail": "the server is at its limit of 2 matches in flight; retry shortly"}
+            assert httpx.get(f"{url}/v1/tasks", timeout=10).status_code == 200  # catalog routes are not capped
+        finally:
+            held.release.set()
+        expected = matcher.Matcher(semantic=False).match(MATCHED).to_dict()
+        assert [f.result().json() for f in first] == [expected, expected]
+        assert httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}).json() == expected  # slots came back
+
+
+def test_head_is_answered_on_every_get_route(server_url: str) -> None:
+    for path in ("/healthz", "/v1/tasks", "/v1/tasks/contract-key-fields?examples_n=2",
+                 "/v1/tasks/contract-key-fields/leaderboard", "/openapi.json"):
+        got, head = httpx.get(server_url + path), httpx.head(server_url + path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content)), path
+    for path in ("/v1/tasks/match", "/v1/tasks/no-such-task", "/nowhere"):  # errors as for GET
+        assert httpx.head(server_url + path).status_code == httpx.get(server_url + path).status_code >= 400, path
+
+
+@pytest.mark.parametrize(("headers", "fragment"), [
+    ({}, "the request has no Content-Type header"),
+    ({"content-type": "text/plain"}, "the request has Content-Type 'text/plain'"),
+    ({"content-type": "application/x-www-form-urlencoded"},
+     "the request has Content-Type 'application/x-www-form-urlencoded'"),
+])
+def test_a_body_not_declared_as_json_gets_415_saying_so(server_url: str, headers: dict[str, str],
+                                                        fragment: str) -> None:
+    response = httpx.post(f"{server_url}/v1/tasks/match", content=json.dumps({"query": MATCHED}), headers=headers)
+    assert response.status_code == 415
+    assert response.json() == {"detail": f"{fragment}: send the body as JSON with 'Content-Type: application/json'"}
+    for declared in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        accepted = httpx.post(f"{server_url}/v1/tasks/match", content=json.dumps({"query": MATCHED}),
+                              headers={"content-type": declared})
+        assert accepted.status_code == 200, declared
+
+
+def test_a_404_does_not_echo_a_huge_id(server_url: str) -> None:
+    response = httpx.get(f"{server_url}/v1/tasks/{'x' * 12_000}")
+    assert response.status_code == 404
+    assert len(response.content) < 400
+    assert response.json()["detail"].startswith(f"unknown task id '{'x' * 100}'... (12,000 characters)")
+
+
+def test_an_encoded_slash_does_not_reach_another_route(board_url: str) -> None:
+    for path in ("invoice-extraction%2Fleaderboard", "invoice-extraction%2fleaderboard", "..%2F..%2Fhealthz"):
+        response = httpx.get(f"{board_url}/v1/tasks/{path}")
+        assert response.status_code == 404, path
+        assert "encoded '/' (%2F)" in response.json()["detail"]
+    assert httpx.get(f"{board_url}/v1/tasks/invoice-extraction/leaderboard").status_code == 200
+
+
+class FailingEmbedder:
+    """A model that works for the task texts and the warm-up, then fails on requests: an unforeseen fault."""
+
+    model_id = "failing-model"
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        if any("explode" in text for text in texts):
+            raise RuntimeError("the model broke")
+        return np.tile(np.eye(1, 8, dtype=np.float32), (len(texts), 1))
+
+
+def test_an_unforeseen_failure_is_a_json_500_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    failing = matcher.Matcher(catalog=matcher.Catalog.from_records(BOARD_RECORDS), semantic=FailingEmbedder(),
+                              config=matcher.MatcherConfig(), cache_dir=tmp_path)
+    with serve_in_background(create_app(failing)) as url:
+        response = httpx.post(f"{url}/v1/tasks/match", json={"query": "explode"})
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"detail": "internal server error: the cause is in the server log"}
+        assert "the model broke" not in response.text
+        assert httpx.get(url + "/healthz").status_code == 200  # the server carries on
+
+
+@pytest.mark.parametrize("setting", ["", " , ", ",,", "\t"])
+def test_a_keys_setting_that_holds_no_key_refuses_to_start(setting: str, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="MATCHER_API_KEYS is set but holds no API key"):
+        load_api_keys(setting)
+    monkeypatch.setenv("MATCHER_API_KEYS", setting)
+    assert serve_main(["--semantic", "off"]) == 2
+    assert "MATCHER_API_KEYS is set but holds no API key" in capsys.readouterr().err
+    monkeypatch.setenv("MATCHER_SEMANTIC", "off")
+    with pytest.raises(ValueError, match="holds no API key"):
+        app_from_env()  # a worker refuses too
+    assert load_api_keys(None) == ()  # no setting at all: an open API, as documented
 
 
 @pytest.mark.parametrize("api_keys", [[""], ["has space"], ["naïve"], ["tab\tkey"]])
@@ -551,6 +675,10 @@ def test_serve_refuses_bad_settings_before_binding(tmp_path: Path,
         (["--catalog", str(tmp_path / "nowhere")], "no such catalog"),
         (["--workers", "0"], "--workers must be >= 1"),
         (["--semantic", "off", "--max-body-bytes", "0"], "--max-body-bytes must be >= 1"),
+        (["--max-concurrency", "0"], "--max-concurrency must be >= 1"),
+        (["--header-timeout", "0"], "--header-timeout must be a positive number of seconds"),
+        (["--body-timeout", "-2"], "--body-timeout must be a positive number of seconds"),
+        (["--keep-alive-timeout", "inf"], "--keep-alive-timeout must be a positive number of seconds"),
     ]
     for argv, message in cases:
         assert serve_main([*argv, "--semantic", "off"]) == 2
@@ -662,6 +790,19 @@ def test_serve_command_with_two_workers_sharing_one_port(tmp_path: Path,
     assert "INFO:     keyword index built: " in output, output
     assert "worker-secret-key" not in output
     assert "leaked semaphore" not in output
+
+
+def test_the_access_log_shows_no_query_string(serve_process: Callable[..., ServeProcess]) -> None:
+    server = serve_process("--semantic", "off", "--log-level", "info")
+    try:
+        server.wait_until_ready(timeout=120)
+        assert httpx.get(server.url + "/v1/tasks?api_key=leaked-secret-123&examples_n=1").status_code == 200
+        wait_for(lambda: "GET /v1/tasks?" in server.output, 30, "the access-log line")
+    finally:
+        code = server.stop()
+    assert code == 0, server.output
+    assert '"GET /v1/tasks?[redacted] HTTP/1.1" 200' in server.output, server.output
+    assert "leaked-secret-123" not in server.output
 
 
 @pytest.mark.semantic
