@@ -36,9 +36,14 @@ on the ``matcher`` loggers; ``serve`` prints them, with uvicorn's own, at ``--lo
 
 Several workers: ``task-matcher serve --workers N`` binds the port once in a supervisor process
 and uvicorn's `Multiprocess` supervisor hands the listening socket to N worker processes (and
-restarts any that die); the kernel spreads connections over them. Each worker calls
-`app_from_env` (settings travel as ``MATCHER_*`` environment variables, API keys only as a file
-path) and builds its own matcher and model, so memory grows with N. The workers share the
+restarts any that die); the kernel spreads connections over them. The supervisor reads and
+validates the catalog and config once, and every worker, a restarted one too, serves that
+generation from a private snapshot pinned by its fingerprint (`matcher.generation`), so an edit
+to the files never puts two catalogs behind one port. A worker that cannot start (its snapshot,
+its keys file or its model cannot be loaded) exits with uvicorn's start-up failure status, and
+the supervisor stops the server with that error instead of restarting the worker in a loop. Each
+worker calls `app_from_env` (settings travel as ``MATCHER_*`` environment variables, API keys
+only as a file path) and builds its own matcher and model, so memory grows with N. The workers share the
 on-disk embedding cache: by default ``~/.cache/task-matcher``; set ``TASK_MATCHER_CACHE`` to one
 directory (a shared volume, say) to choose another. The library writes the cache to a temporary
 file and renames it into place with `os.replace`, so workers warming at the same time at worst
@@ -64,11 +69,12 @@ import math
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -81,14 +87,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.config import LOGGING_CONFIG
+from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from .catalog import Catalog, Task, load_catalog
-from .config import MatcherConfig
+from .catalog import Catalog, Task
 from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
 from .engine import SEMANTIC_CHOICES, Matcher
 from .errors import MatcherError, UnknownTaskError
+from .generation import Generation, report_failure, reported_failures
 
 __all__ = [
     "MatchRequest",
@@ -130,6 +136,8 @@ _ENV_KEYS = "MATCHER_API_KEYS"
 _ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
 _ENV_MAX_CONCURRENCY = "MATCHER_MAX_CONCURRENCY"
+_ENV_GENERATION = "MATCHER_GENERATION"
+_ENV_GENERATION_FINGERPRINT = "MATCHER_GENERATION_FINGERPRINT"
 _ENV_TIMEOUTS = {"header_timeout": "MATCHER_HEADER_TIMEOUT", "body_timeout": "MATCHER_BODY_TIMEOUT",
                  "keep_alive_timeout": "MATCHER_KEEP_ALIVE_TIMEOUT"}
 _MAX_REPORTED_ERRORS = 5
@@ -676,12 +684,15 @@ class ServerSettings:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
+    generation: Path | None = None
+    generation_fingerprint: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_SEMANTIC``,
         ``MATCHER_API_KEYS_FILE``, ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY`` and the
-        ``MATCHER_*_TIMEOUT`` variables (unset: defaults)."""
+        ``MATCHER_*_TIMEOUT`` variables, and the pinned generation, ``MATCHER_GENERATION`` and
+        ``MATCHER_GENERATION_FINGERPRINT`` (unset: defaults)."""
         env = os.environ if environ is None else environ
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
@@ -693,6 +704,8 @@ class ServerSettings:
             api_keys_file=_optional_path(env.get(_ENV_KEYS_FILE)),
             max_body_bytes=_positive_int(env, _ENV_MAX_BODY, DEFAULT_MAX_BODY_BYTES),
             max_concurrency=_positive_int(env, _ENV_MAX_CONCURRENCY, DEFAULT_MAX_CONCURRENCY),
+            generation=_optional_path(env.get(_ENV_GENERATION)),
+            generation_fingerprint=env.get(_ENV_GENERATION_FINGERPRINT) or None,
             **{name: _positive_seconds(env, variable, getattr(cls, name)) for name, variable in _ENV_TIMEOUTS.items()},
         )
 
@@ -702,22 +715,31 @@ class ServerSettings:
                _ENV_MAX_CONCURRENCY: str(self.max_concurrency),
                **{variable: repr(getattr(self, name)) for name, variable in _ENV_TIMEOUTS.items()}}
         for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
-                            (_ENV_KEYS_FILE, self.api_keys_file)):
+                            (_ENV_KEYS_FILE, self.api_keys_file), (_ENV_GENERATION, self.generation)):
             if value is not None:
                 env[name] = str(value.resolve())
+        if self.generation_fingerprint is not None:
+            env[_ENV_GENERATION_FINGERPRINT] = self.generation_fingerprint
         return env
 
-    def build_matcher(self) -> Matcher:
-        """The matcher these settings describe (catalog and config are loaded and validated now)."""
-        catalog = load_catalog(self.catalog) if self.catalog is not None else None
-        config = MatcherConfig.load(self.config) if self.config is not None else None
-        return Matcher(catalog, semantic=SEMANTIC_CHOICES[self.semantic], config=config)
+    def load_generation(self) -> Generation:
+        """The catalog and config to serve: the pinned snapshot when there is one, else read from their files."""
+        if self.generation is not None:
+            if self.generation_fingerprint is None:
+                raise ValueError(f"{_ENV_GENERATION} needs {_ENV_GENERATION_FINGERPRINT}, the generation it pins")
+            return Generation.read(self.generation, fingerprint=self.generation_fingerprint)
+        return Generation.load(self.catalog, self.config)
 
-    def build_app(self, environ: Mapping[str, str] | None = None) -> FastAPI:
+    def build_matcher(self, generation: Generation | None = None) -> Matcher:
+        """The matcher these settings describe, over `generation` (default: `load_generation()`)."""
+        served = generation if generation is not None else self.load_generation()
+        return Matcher(served.catalog, semantic=SEMANTIC_CHOICES[self.semantic], config=served.config)
+
+    def build_app(self, environ: Mapping[str, str] | None = None, *, generation: Generation | None = None) -> FastAPI:
         """The app: keys from ``MATCHER_API_KEYS`` in `environ` plus those in `api_keys_file`."""
         env = os.environ if environ is None else environ
         keys = load_api_keys(env.get(_ENV_KEYS), self.api_keys_file)
-        return create_app(self.build_matcher(), api_keys=keys, max_body_bytes=self.max_body_bytes,
+        return create_app(self.build_matcher(generation), api_keys=keys, max_body_bytes=self.max_body_bytes,
                           max_concurrency=self.max_concurrency)
 
     def uvicorn_config(self, app: ASGIApp | str, **options: Any) -> LimitedConfig:
@@ -749,9 +771,21 @@ def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> floa
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory (``matcher.server:app_from_env``): each worker builds its own app from env."""
+    """uvicorn factory (``matcher.server:app_from_env``): each worker builds its own app from env.
+
+    A worker that cannot build it (its generation, keys file or model cannot be loaded) logs why
+    in one line, leaves a note beside its generation's snapshot, and exits with uvicorn's start-up
+    failure status: the supervisor then stops the server instead of restarting the worker in a loop.
+    """
     _thread_lock_for_progress_bars()
-    return ServerSettings.from_env().build_app()
+    settings = ServerSettings.from_env()
+    try:
+        return settings.build_app()
+    except (MatcherError, ValueError, TypeError, ImportError, OSError) as exc:
+        _log.error("task-matcher worker %d cannot serve: %s", os.getpid(), exc)
+        if settings.generation is not None:
+            report_failure(settings.generation, str(exc))
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def _thread_lock_for_progress_bars() -> None:
@@ -911,7 +945,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
                                   api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes,
                                   max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,
                                   body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout)
-        app = settings.build_app()  # fails fast on a bad catalog, config or keys file
+        generation = settings.load_generation()  # read and validated once, for every worker
+        app = settings.build_app(generation=generation)  # fails fast on a bad catalog, config or keys file
     except (MatcherError, ValueError, TypeError, ImportError) as exc:
         print(f"task-matcher serve: error: {exc}", file=sys.stderr)
         return 2
@@ -924,22 +959,39 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         with suppress(KeyboardInterrupt):
             server.run()
         return 0 if server.started else 1
-    # What uvicorn.run does for several workers, but on a socket that keeps TCP_NODELAY.
-    os.environ.update(settings.to_env())  # the worker processes inherit these
-    config = settings.uvicorn_config("matcher.server:app_from_env", factory=True, workers=args.workers, **common)
+    return _serve_workers(settings, generation, args.workers, common)
+
+
+def _serve_workers(settings: ServerSettings, generation: Generation, workers: int, common: dict[str, Any]) -> int:
+    """What uvicorn.run does for several workers, on a socket that keeps TCP_NODELAY, and with one
+    catalog generation for all: the one the parent validated, pinned in a private snapshot that every
+    worker, a restarted one too, reads (`matcher.generation`); edits to the files do not reach them."""
     try:
-        sock = _listening_socket(args.host, args.port)
+        sock = _listening_socket(common["host"], common["port"])
     except OSError as exc:
-        print(f"task-matcher serve: error: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"task-matcher serve: error: cannot bind {common['host']}:{common['port']}: {exc}", file=sys.stderr)
         return 1
-    _log.info("task-matcher serving on http://%s:%d with %d workers (Press CTRL+C to quit)",
-              args.host, sock.getsockname()[1], args.workers)
-    try:
-        Multiprocess(config, sockets=[sock]).run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
+    with tempfile.TemporaryDirectory(prefix="task-matcher-generation-") as folder:
+        snapshot = generation.write(Path(folder))
+        pinned = replace(settings, generation=snapshot, generation_fingerprint=generation.fingerprint)
+        os.environ.update(pinned.to_env())  # the worker processes inherit these
+        config = pinned.uvicorn_config("matcher.server:app_from_env", factory=True, workers=workers, **common)
+        _log.info("task-matcher serving catalog generation %s (%d tasks) on http://%s:%d with %d workers "
+                  "(Press CTRL+C to quit)", generation.fingerprint[:12], len(generation.catalog),
+                  common["host"], sock.getsockname()[1], workers)
+        supervisor = Multiprocess(config, sockets=[sock])
+        try:
+            supervisor.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sock.close()
+        failures = reported_failures(Path(folder))
+    if failures or any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        reason = failures[0] if failures else "see its log above"
+        print(f"task-matcher serve: error: a worker could not start, so the server stopped: {reason}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

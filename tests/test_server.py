@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pareta
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 import matcher
 from matcher.semantic import SemanticIndex, SentenceTransformerEmbedder, semantic_available
@@ -646,15 +647,18 @@ def test_an_unforeseen_failure_is_a_json_500_and_logged(tmp_path: Path, caplog: 
 
 @pytest.mark.parametrize("setting", ["", " , ", ",,", "\t"])
 def test_a_keys_setting_that_holds_no_key_refuses_to_start(setting: str, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError, match="MATCHER_API_KEYS is set but holds no API key"):
         load_api_keys(setting)
     monkeypatch.setenv("MATCHER_API_KEYS", setting)
     assert serve_main(["--semantic", "off"]) == 2
     assert "MATCHER_API_KEYS is set but holds no API key" in capsys.readouterr().err
     monkeypatch.setenv("MATCHER_SEMANTIC", "off")
-    with pytest.raises(ValueError, match="holds no API key"):
-        app_from_env()  # a worker refuses too
+    with pytest.raises(SystemExit) as refused:
+        app_from_env()  # a worker refuses too, with the status that stops the supervisor
+    assert refused.value.code == STARTUP_FAILURE
+    assert "cannot serve: MATCHER_API_KEYS is set but holds no API key" in caplog.text
     assert load_api_keys(None) == ()  # no setting at all: an open API, as documented
 
 
@@ -803,6 +807,56 @@ def test_the_access_log_shows_no_query_string(serve_process: Callable[..., Serve
     assert code == 0, server.output
     assert '"GET /v1/tasks?[redacted] HTTP/1.1" 200' in server.output, server.output
     assert "leaked-secret-123" not in server.output
+
+
+def worker_pids(server: ServeProcess) -> list[int]:
+    """Process ids of a serve command's workers: its spawned children, not multiprocessing's resource tracker."""
+    import psutil
+
+    return sorted(child.pid for child in psutil.Process(server.process.pid).children()
+                  if "spawn_main" in " ".join(child.cmdline()))
+
+
+@pytest.mark.slow
+def test_workers_serve_one_catalog_generation_however_the_file_changes(
+        tmp_path: Path, serve_process: Callable[..., ServeProcess]) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(BOARD_RECORDS), encoding="utf-8")
+    server = serve_process("--workers", "2", "--semantic", "off", "--catalog", str(path))
+    try:
+        server.wait_until_ready(workers=2, timeout=120)
+        served = httpx.get(server.url + "/v1/tasks").json()
+        edited = [{**record, "title": f"{record['title']} (edited)"} for record in BOARD_RECORDS]
+        path.write_text(json.dumps(edited), encoding="utf-8")  # the file changes under the server
+        for pid in worker_pids(server):
+            os.kill(pid, signal.SIGKILL)  # the supervisor starts replacements
+        server.wait_until_ready(workers=4, timeout=120)
+        with httpx.Client(base_url=server.url) as http:  # keep-alive off: each request may reach either worker
+            bodies = [http.get("/v1/tasks", headers={"Connection": "close"}).json() for _ in range(20)]
+    finally:
+        code = server.stop()
+    assert all(body == served for body in bodies), server.output
+    assert code == 0, server.output
+    assert "catalog generation " in server.output
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_stops_the_server_instead_of_restarting(
+        tmp_path: Path, serve_process: Callable[..., ServeProcess]) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("worker-key\n", encoding="utf-8")
+    server = serve_process("--workers", "2", "--semantic", "off", "--api-keys-file", str(keys))
+    server.wait_until_ready(workers=2, timeout=120)
+    keys.write_text("# emptied while the server runs\n", encoding="utf-8")
+    os.kill(worker_pids(server)[0], signal.SIGKILL)  # its replacement reads the keys file again
+    wait_for(lambda: server.process.poll() is not None, 60, "the server to stop by itself")
+    code = server.stop()
+    output = server.output
+    assert code == 1, output
+    assert output.count(f"cannot serve: API keys file {keys} holds no keys") == 1, output  # no restart loop
+    assert ("task-matcher serve: error: a worker could not start, so the server stopped: "
+            f"API keys file {keys} holds no keys") in output
+    assert "Traceback" not in output, output
 
 
 @pytest.mark.semantic
