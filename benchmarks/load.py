@@ -74,14 +74,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(semantic: str, workers: int, cache_dir: Path) -> Iterator[str]:
-    """A `task-matcher serve` child process; yields its URL once /healthz answers ``ok``."""
+def running_server(semantic: str, workers: int, cache_dir: Path, extra: Sequence[str] = ()) -> Iterator[str]:
+    """A `task-matcher serve` child process (with `extra` options); yields its URL once /healthz answers ``ok``."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
            "TASK_MATCHER_CACHE": str(cache_dir)}
     env.pop("MATCHER_API_KEYS", None)
     command = [sys.executable, "-m", "matcher.server", "--port", str(port), "--semantic", semantic,
-               "--workers", str(workers), "--log-level", "warning"]
+               "--workers", str(workers), "--log-level", "warning", *extra]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

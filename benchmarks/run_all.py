@@ -3,7 +3,8 @@
 Runs, in order: the bundled catalog on `default` and `hard` (one tuning, two test splits),
 CLINC150 with K = 5, 10 and all training utterances per intent (our engine keyword-only and full,
 tuned and self-calibrated, and every peer, tuned on the tuning split and measured on the test
-split), then import time, peak memory and the scaling run in fresh processes.
+split), then import time, peak memory and the scaling run in fresh processes, the loopback HTTP load
+benchmark and the server under attack (`benchmarks/attack.py`).
 Progress bars go to stderr. `--quick` is a small, fast subset (CLINC with 20 seeded intents, a
 short scaling run) that prints the Markdown instead of overwriting RESULTS.md.
 """
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="keyword-only engine and no embedding peers (no model is loaded)")
     parser.add_argument("--no-perf", action="store_true", help="skip import time, memory and the scaling run")
     parser.add_argument("--no-load", action="store_true", help="skip the loopback HTTP load benchmark")
+    parser.add_argument("--no-attack", action="store_true",
+                        help="skip the benchmark of the server under attack (`benchmarks/attack.py`)")
     parser.add_argument("--clinc-intents", type=int, default=None,
                         help="seeded subset of CLINC intents (default: all 150; 20 with --quick)")
     parser.add_argument("--latency-sample", type=int, default=None,
@@ -102,10 +105,19 @@ def _versions() -> dict[str, str]:
 
 def _http_load(overall: Any) -> str:
     """The loopback HTTP load benchmark (`benchmarks/load.py`) in a fresh process, as Markdown."""
+    return _section(overall, "http load", "benchmarks.load")
+
+
+def _attack(overall: Any) -> str:
+    """The server under attack (`benchmarks/attack.py`) in a fresh process, as Markdown."""
+    return _section(overall, "under attack", "benchmarks.attack")
+
+
+def _section(overall: Any, label: str, module: str) -> str:
     import subprocess
 
-    overall.set_postfix_str("http load")
-    run = subprocess.run([sys.executable, "-m", "benchmarks.load"], capture_output=True, text=True,
+    overall.set_postfix_str(label)
+    run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
                          check=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
     return run.stdout.strip()
 
@@ -171,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tick(f"memory {mode}")
         perf_results["scaling"] = perf.scaling_run(sizes, progress=tick)
     load_report = "" if args.no_load or args.quick else _http_load(overall)
+    attack_report = "" if args.no_attack or args.quick else _attack(overall)
     overall.close()
 
     load_after = os.getloadavg()
@@ -193,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load_report:
         markdown = markdown.rstrip("\n") + "\n\n" + load_report.replace("\n## ", "\n### ").replace(
             "## task-matcher HTTP load", "## HTTP load (`python -m benchmarks.load`)", 1) + "\n"
+    if attack_report:
+        markdown = markdown.rstrip("\n") + "\n\n" + attack_report.replace(
+            "## task-matcher under attack", "## Under attack (`python -m benchmarks.attack`)", 1) + "\n"
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is None:
         sys.stdout.write(markdown)

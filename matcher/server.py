@@ -109,6 +109,7 @@ __all__ = [
 ]
 
 HEALTH_PATHS = ("/healthz", "/v1/health")
+MATCH_PATH = "/v1/tasks/match"
 # Matches run on their own small thread pool: keyword scoring holds the GIL, so more threads
 # do not help it, and concurrent model calls beyond a few per core oversubscribe the CPU
 # (measured on 2 cores: 2 to 8 threads served 10-35% more requests/s than the 40 of the
@@ -347,7 +348,8 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
                   redoc_url=None, description="Match plain-English job descriptions to benchmark tasks.")
     app.state.warm_up = warm
     app.add_middleware(_RequestGate, keys=keys, max_body_bytes=max_body_bytes,
-                       open_paths=frozenset(HEALTH_PATHS))
+                       open_paths=frozenset(HEALTH_PATHS), capped=("POST", MATCH_PATH),
+                       admission=anyio.CapacityLimiter(max_concurrency))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
 
@@ -365,9 +367,8 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
                                      503: {"model": HealthBody, "description": "Warming up, or warm-up failed"}})
 
     match_slots = anyio.CapacityLimiter(MATCH_THREADS)
-    admitted = anyio.CapacityLimiter(max_concurrency)
 
-    @app.post("/v1/tasks/match", response_model=None, tags=["tasks"], dependencies=[Depends(_json_body)],
+    @app.post(MATCH_PATH, response_model=None, tags=["tasks"], dependencies=[Depends(_json_body)],
               responses={200: {"model": MatchBody},
                          400: _error("Body cannot be decoded (not UTF-8, or nested too deeply)"),
                          413: _error("Body too large"), 415: _error("Body is not declared as JSON"),
@@ -382,18 +383,10 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
         if status == "failed":
             raise HTTPException(status_code=503, detail="the matcher failed to warm up; see the server log")
         try:
-            admitted.acquire_nowait()  # on the event loop, before any work: refusing costs nothing
-        except anyio.WouldBlock:
-            raise HTTPException(status_code=503, headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
-                                detail=f"the server is at its limit of {max_concurrency} matches in flight; "
-                                       "retry shortly") from None
-        try:
             result = await anyio.to_thread.run_sync(the_matcher.match, request.query, request.top_k,
                                                     limiter=match_slots)
         except (MatcherError, ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        finally:
-            admitted.release()
         return JSONResponse(result.to_dict())
 
     @app.get("/v1/tasks", response_model=None, tags=["tasks"],
@@ -550,15 +543,21 @@ class _RequestGate:
     A path with an encoded slash is refused (404): uvicorn decodes ``%2F`` before routing, so
     ``/v1/tasks/a%2Fleaderboard`` would reach the leaderboard of task ``a`` instead of asking
     for a task whose id holds a slash (no id does). ``HEAD`` is answered as ``GET`` (uvicorn
-    sends the headers only), so every GET route answers HEAD.
+    sends the headers only), so every GET route answers HEAD. Requests to the `capped` route are
+    admitted while `admission` has a token left, and otherwise refused with 503 at once, before
+    their body is parsed: refusing must cost next to nothing when the server is busiest. A slot is
+    taken only once the whole body is in, so connections that dribble a body cannot fill the cap.
     """
 
     def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...], max_body_bytes: int,
-                 open_paths: frozenset[str]) -> None:
+                 open_paths: frozenset[str], capped: tuple[str, str],
+                 admission: anyio.CapacityLimiter) -> None:
         self.app = app
         self.keys = keys
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
+        self.capped = capped
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -577,29 +576,49 @@ class _RequestGate:
             return
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
+        body = await self._read_body(scope, receive, send, headers)
+        if body is None:
+            return
+        if (scope["method"], scope["path"]) != self.capped:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:  # after the body: a slow sender holds a connection, never a slot (the body deadline ends it)
+            self.admission.acquire_nowait()
+        except anyio.WouldBlock:
+            await _reject(scope, receive, send, 503,
+                          f"the server is at its limit of {int(self.admission.total_tokens)} matches in flight; "
+                          "retry shortly", {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+            return
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.admission.release()
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send,
+                         headers: dict[bytes, bytes]) -> bytes | None:
+        """The whole body, counted as it streams in; None when it was refused (400, 413) or never came."""
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 await _reject(scope, receive, send, 400, "Content-Length must be a non-negative integer")
-                return
+                return None
             if int(declared) > self.max_body_bytes:
                 await self._too_large(scope, receive, send)
-                return
+                return None
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 await self._too_large(scope, receive, send)
-                return
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+                return b"".join(chunks)
 
     def _auth_problem(self, header: bytes | None) -> str | None:
         """Why the request is not authenticated, or None; compares against every key in constant time."""

@@ -21,7 +21,7 @@ import pytest
 from benchmarks import datasets, metrics, peers, quality, report, synthetic
 from benchmarks.embeddings import CachingEmbedder
 from benchmarks.metrics import Prediction
-from matcher import Catalog
+from matcher import Catalog, Matcher
 
 CLINC = datasets.clinc_dir()
 needs_clinc = pytest.mark.skipif(not (CLINC / "labels.json").is_file(),
@@ -534,3 +534,18 @@ def test_settings_print_a_learned_weight_table_as_its_size() -> None:
     assert report._brief(gate) == {"intercept": 0.5, "weights": "2 learned weights"}
     assert report._brief({"title": 2.0}) == {"title": 2.0}
     assert report._brief(0.25) == 0.25
+
+
+def test_attack_inputs_are_the_costliest_the_limits_let_through(default_keyword_matcher: Matcher) -> None:
+    from benchmarks import attack
+    from matcher.text import normalize, tokenize
+
+    fresh = [attack.fresh_unknown_words() for _ in range(2)]
+    assert fresh[0] != fresh[1]  # new words each time: every fuzzy lookup is a cache miss
+    assert all(len(text) == attack.LIMIT for text in fresh)
+    assert len(normalize(attack.nfkc_expanding())) > 2 * attack.LIMIT - 18  # expanded to the limit
+    for make in attack.ATTACK_INPUTS.values():
+        query = make()
+        assert default_keyword_matcher.match(query).candidates  # accepted: it costs a full match
+        assert len(tokenize(normalize(query))) <= attack.LIMIT // 2
+    assert len(attack.ASCII_QUERY) == attack.LIMIT and attack.ASCII_QUERY.isascii()

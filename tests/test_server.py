@@ -578,6 +578,23 @@ def test_matches_over_the_concurrency_cap_get_a_fast_503_with_retry_after() -> N
         assert httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}).json() == expected  # slots came back
 
 
+def test_connections_that_dribble_a_body_hold_no_slot(keyword_matcher: matcher.Matcher) -> None:
+    with serve_in_background(create_app(keyword_matcher, max_concurrency=2)) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        head = (b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"query": "')
+        slow = [socket.create_connection((host, int(port))) for _ in range(5)]
+        try:
+            for conn in slow:
+                conn.sendall(head)  # the rest of each body never comes (until the body deadline)
+            time.sleep(0.2)
+            response = httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=10)
+            assert response.status_code == 200, response.text
+        finally:
+            for conn in slow:
+                conn.close()
+
+
 def test_head_is_answered_on_every_get_route(server_url: str) -> None:
     for path in ("/healthz", "/v1/tasks", "/v1/tasks/contract-key-fields?examples_n=2",
                  "/v1/tasks/contract-key-fields/leaderboard", "/openapi.json"):
