@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-semantic", action="store_true",
                         help="no model: a keyword-only server for the bursts, the keyword path in the cost table")
     args = parser.parse_args(argv)
-    facts = machine_facts(1)
+    facts = machine_facts(1, client=False)
     queries = corpus_queries()[:200]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="task-matcher-cache-") as cache:

@@ -195,8 +195,8 @@ def measure(server: str, url: str, queries: dict[str, list[str]], paths: Sequenc
     return rows
 
 
-def machine_facts(workers: int) -> str:
-    """Cores, CPU, Python and package versions, as markdown bullet lines."""
+def machine_facts(workers: int, *, client: bool = True) -> str:
+    """Cores, CPU, Python and package versions (with `client`, the load client too), as markdown bullet lines."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
@@ -213,14 +213,16 @@ def machine_facts(workers: int) -> str:
             versions.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             versions.append(f"{name} (not installed)")
-    return "\n".join([
+    lines = [
         f"- cores: {os.cpu_count()} logical, {usable} usable; CPU: {cpu}; load average at start {load}",
         f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"- {', '.join(versions)}",
-        f"- server: `python -m matcher.server --workers {workers}` (uvicorn, h11) on 127.0.0.1; "
-        "client: httpx.AsyncClient (one connection per in-flight request) in one process on the "
-        "same cores; the `healthz` rows are the ceiling of that client and the HTTP stack",
-    ])
+    ]
+    if client:
+        lines.append(f"- server: `python -m matcher.server --workers {workers}` (uvicorn, h11) on 127.0.0.1; "
+                     "client: httpx.AsyncClient (one connection per in-flight request) in one process on the "
+                     "same cores; the `healthz` rows are the ceiling of that client and the HTTP stack")
+    return "\n".join(lines)
 
 
 def render(rows: Sequence[Level]) -> str:

@@ -535,7 +535,7 @@ def _validated_keys(api_keys: Collection[str]) -> tuple[bytes, ...]:
 
 
 class _RequestGate:
-    """Pure ASGI layer in front of the app: the API-key check, the path check, then the body-size limit.
+    """Pure ASGI layer in front of the app: API keys, the path, the body-size limit, then the cap on matches.
 
     The body is read here, counted as it streams in, and replayed to the app, so an oversized
     body is refused (413) as soon as the limit is crossed, or at once from its Content-Length,
@@ -675,8 +675,8 @@ def load_api_keys(env_value: str | None = None, keys_file: str | Path | None = N
     """
     keys = [part.strip() for part in (env_value or "").split(",") if part.strip()]
     if env_value is not None and not keys:
-        raise ValueError(f"{_ENV_KEYS} is set but holds no API key ({len(env_value)} characters of commas and "
-                         f"spaces): set comma-separated keys, or unset {_ENV_KEYS} to run without keys")
+        raise ValueError(f"{_ENV_KEYS} is set but holds no API key: set comma-separated keys, or unset it to run "
+                         "without keys")
     if keys_file is not None:
         path = Path(keys_file)
         try:
@@ -887,9 +887,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="task-matcher serve",
         description="Serve the task-matcher HTTP API (POST /v1/tasks/match and the catalog routes).",
         epilog="With --workers N, uvicorn binds the port once and N worker processes share it, each "
-               "with its own matcher; they share the embedding cache (~/.cache/task-matcher, or "
+               "with its own matcher over the catalog and config read at start (later edits reach no "
+               "worker until a restart); they share the embedding cache (~/.cache/task-matcher, or "
                "the directory in TASK_MATCHER_CACHE). API keys come from MATCHER_API_KEYS "
-               "(comma-separated) and/or --api-keys-file; without any, the API is open.",
+               "(comma-separated) and/or --api-keys-file; without either, the API is open, and a "
+               "setting that holds no key refuses to start. Run it behind a reverse proxy in production.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")

@@ -1,4 +1,4 @@
-"""Shared fixtures: small hand-made catalogs and keyword-only matchers on the default catalog."""
+"""Shared fixtures: small hand-made catalogs, matchers on the default catalog, a child run without root's overrides."""
 
 from __future__ import annotations
 
