@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,34 @@ def small_matcher(small_catalog: matcher.Catalog) -> matcher.Matcher:
 
 
 @pytest.fixture(scope="session")
-def default_semantic_matcher(tmp_path_factory: pytest.TempPathFactory) -> matcher.Matcher:
-    """The full cascade with the shipped MiniLM model; embeddings cached in a temporary folder."""
-    m = matcher.Matcher(matcher.default_catalog(), semantic=True,
-                        cache_dir=tmp_path_factory.mktemp("embedding-cache"))
+def semantic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache folder of `default_semantic_matcher`: the ONNX export and the task embeddings."""
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def default_semantic_matcher(semantic_cache: Path) -> matcher.Matcher:
+    """The full cascade with the shipped MiniLM model and the default backend (ONNX Runtime);
+    the export and embeddings cached in a temporary folder."""
+    m = matcher.Matcher(matcher.default_catalog(), semantic=True, cache_dir=semantic_cache)
     m.warm_up()
     return m
+
+
+@pytest.fixture(scope="session")
+def torch_semantic_matcher(semantic_cache: Path) -> matcher.Matcher:
+    """The full cascade on the torch backend, sharing the cache folder (its embeddings are its own)."""
+    m = matcher.Matcher(matcher.default_catalog(), semantic="torch", cache_dir=semantic_cache)
+    m.warm_up()
+    return m
+
+
+@pytest.fixture
+def exported_cache(tmp_path: Path, default_semantic_matcher: matcher.Matcher, semantic_cache: Path) -> Path:
+    """A fresh cache folder holding only a copy of the verified ONNX export (no task embeddings)."""
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    for path in semantic_cache.glob("onnx-*"):
+        shutil.copyfile(path, folder / path.name)
+    assert len(list(folder.glob("onnx-*.onnx"))) == 1
+    return folder

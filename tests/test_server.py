@@ -26,7 +26,8 @@ import pareta
 import pytest
 
 import matcher
-from matcher.semantic import SemanticIndex, SentenceTransformerEmbedder, semantic_available
+from matcher.encoders import select_embedder
+from matcher.semantic import SemanticIndex, semantic_available
 from matcher.server import (
     RETRY_AFTER_SECONDS,
     ServerSettings,
@@ -720,10 +721,11 @@ def test_sigterm_during_warm_up_waits_for_it_and_exits_cleanly(
 
 @pytest.fixture(scope="module")
 def warm_embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder that holds the default catalog's task embeddings: workers then skip encoding."""
+    """A cache folder that holds the default backend's ONNX export and the default catalog's task
+    embeddings: workers then skip exporting and encoding."""
     folder = tmp_path_factory.mktemp("warm-embedding-cache")
     catalog = matcher.default_catalog()
-    SemanticIndex(catalog.profiles(), SentenceTransformerEmbedder(), fingerprint=catalog.fingerprint,
+    SemanticIndex(catalog.profiles(), select_embedder(cache_dir=folder), fingerprint=catalog.fingerprint,
                   cache_dir=folder)
     return folder
 
