@@ -36,13 +36,15 @@ from .text import normalize, split_negated
 if TYPE_CHECKING:
     from .keyword import KeywordIndex
 
-__all__ = ["Matcher", "default_config", "match"]
+__all__ = ["Matcher", "default_config", "match", "resolve_embedder"]
 
 CAPABILITY_CATEGORY = "capability"
 SemanticOption = bool | Literal["auto", "onnx", "torch"] | Embedder
 SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False,
                                                "onnx": "onnx", "torch": "torch"}
 """Command-line and environment spellings of the `semantic` option."""
+SEMANTIC_HELP = ("embedding backstop: auto (if installed; ONNX Runtime, else torch), on (required), off, "
+                 "or a backend: onnx, torch")
 FloatArray = npt.NDArray[np.float64]
 _log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class Matcher:
             raise TypeError(f"config must be a MatcherConfig, got {type(config).__name__}")
         self.catalog = catalog
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._embedder = _resolve_embedder(semantic, cache_dir=self._cache_dir, threads=threads)
+        self._embedder = resolve_embedder(semantic, cache_dir=self._cache_dir, threads=threads)
         if config is not None:
             _warn_if_tuned_elsewhere(config, catalog)
             self._config: MatcherConfig | None = config
@@ -417,8 +419,10 @@ def _ranking(scores: FloatArray) -> npt.NDArray[np.int64]:
     return np.lexsort((np.arange(len(scores)), -scores)).astype(np.int64)
 
 
-def _resolve_embedder(semantic: SemanticOption, *, cache_dir: Path | None,
-                      threads: int | None) -> Embedder | None:
+def resolve_embedder(semantic: SemanticOption, *, cache_dir: Path | None = None,
+                     threads: int | None = None) -> Embedder | None:
+    """The embedder a `Matcher` uses for its `semantic`, `cache_dir` and `threads` options (None:
+    keyword-only)."""
     if isinstance(semantic, Embedder):
         if threads is not None:
             raise ValueError("threads applies to the built-in backends; set the threads of your own "

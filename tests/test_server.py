@@ -533,6 +533,9 @@ def test_settings_round_trip_through_env(tmp_path: Path) -> None:
         catalog=(tmp_path / "c.yaml").resolve(), semantic="off",
         api_keys_file=(tmp_path / "k").resolve(), max_body_bytes=123)
     assert "MATCHER_API_KEYS" not in env
+    assert ServerSettings.from_env({"MATCHER_SEMANTIC": "torch"}).semantic == "torch"
+    with pytest.raises(ValueError, match="MATCHER_SEMANTIC must be one of auto, on, off, onnx, torch; got 'gpu'"):
+        ServerSettings.from_env({"MATCHER_SEMANTIC": "gpu"})
 
 
 @pytest.mark.parametrize("api_keys", [[""], ["has space"], ["naïve"], ["tab\tkey"]])
@@ -552,6 +555,7 @@ def test_serve_refuses_bad_settings_before_binding(tmp_path: Path,
         (["--catalog", str(tmp_path / "nowhere")], "no such catalog"),
         (["--workers", "0"], "--workers must be >= 1"),
         (["--semantic", "off", "--max-body-bytes", "0"], "--max-body-bytes must be >= 1"),
+        (["--threads", "-1"], "threads must be >= 0"),
     ]
     for argv, message in cases:
         assert serve_main([*argv, "--semantic", "off"]) == 2
