@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -36,6 +37,7 @@ import numpy as np
 
 from .errors import SemanticUnavailableError
 from .semantic import (
+    DEFAULT_MODEL_PACKAGE,
     Embedder,
     FloatMatrix,
     SentenceTransformerEmbedder,
@@ -150,7 +152,7 @@ class OnnxModel:
     def _run(self, texts: list[str]) -> FloatMatrix:
         if self._lower:
             texts = [text.lower() for text in texts]
-        encodings = self._tokenizer.encode_batch(texts)
+        encodings = [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
@@ -233,7 +235,8 @@ class OnnxEmbedder:
         graph_path = folder / f"onnx-{key[:24]}.onnx"
         manifest_path = graph_path.with_suffix(".json")
         sweep_stale_temporaries(folder)
-        _log.info("loading the embedding model %s (ONNX Runtime)", base)
+        _log.info("loading the embedding model %s (ONNX Runtime)",
+                  DEFAULT_MODEL_PACKAGE if self._model_arg is None else str(self._model_arg))
         stored = _read_export(graph_path, manifest_path, expected)
         if stored is None:
             stored = _export_and_check(model_dir, expected, graph_path, manifest_path)
@@ -376,6 +379,8 @@ def _export_and_check(model_dir: Path, expected: dict[str, Any], graph_path: Pat
 def export_and_compare(model_dir: Path) -> tuple[bytes, float]:
     """The serialized fp32 graph of the sentence-transformers model in `model_dir`, and its lowest
     cosine to torch on `PROBE_SENTENCES`, encoded one by one and as one padded batch."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import torch
         from sentence_transformers import SentenceTransformer

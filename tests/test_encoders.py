@@ -234,3 +234,14 @@ def test_vectors_do_not_depend_on_thread_counts(exported_cache: Path) -> None:
 
 def test_an_onnx_embedder_is_an_embedder(exported_cache: Path) -> None:
     assert isinstance(OnnxEmbedder(cache_dir=exported_cache), Embedder)
+
+
+def test_concurrent_matches_equal_sequential_ones(exported_cache: Path, default_semantic_matcher: Matcher) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = Matcher(semantic="onnx", cache_dir=exported_cache)
+    queries = ["my app reviews: do people like it", "tell me who is talking when", "gibberish qqq",
+               "pictures of leaves: healthy or sick", "turn english into spanish"] * 8
+    expected = [default_semantic_matcher.match(q).to_dict() for q in queries]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(lambda q: fresh.match(q).to_dict(), queries)) == expected
