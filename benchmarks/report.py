@@ -16,7 +16,7 @@ from typing import Any
 from . import metrics as m
 from .quality import OURS_FULL, OURS_KEYWORD, OURS_PEER_RULE, DatasetResult, SystemResult
 
-__all__ = ["PUBLISHED", "RunInfo", "render"]
+__all__ = ["PUBLISHED", "RunInfo", "encoder_section", "render"]
 
 
 @dataclass(frozen=True)
@@ -523,6 +523,7 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         "cache); a dataset reusing another's tuning (same catalog and tuning split) shows no tune "
         "time.\n\n" + _build(results),
         _perf_section(perf),
+        encoder_section(perf["encoders"]) if "encoders" in perf else "",
         "## Settings chosen on the tuning splits\n\n" + _settings(results),
         _notes(),
     ]
@@ -558,6 +559,63 @@ def _perf_section(perf: dict[str, Any]) -> str:
               _ms(r["p99 ms"]), str(r["queries"]), _pct(r["top-1"]), f"{r['rss before index MB']:.0f}",
               f"{r['peak MB']:.0f}"] for r in scale]))
     return "\n".join(lines)
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    if not denominator or math.isnan(numerator) or math.isnan(denominator):
+        return "—"
+    return f"{numerator / denominator:.2f}"
+
+
+def encoder_section(data: dict[str, Any]) -> str:
+    """The encoder benchmark (`benchmarks/encoders.py`): latency, quality against torch, tail under load."""
+    latency, quality, load = data["latency"], data["quality"], data["load"]
+    kinds = {"short": "short (<= 10 words)", "sentences": "1-4 sentences (>= 20 words)"}
+    rows = []
+    for kind, encoders in latency["encode"].items():
+        torch_median, onnx_median = encoders["torch"]["median"], encoders["onnx fp32"]["median"]
+        for name, stats in encoders.items():
+            rows.append([kinds[kind], name, str(stats["count"]), _ms(stats["median"]), _ms(stats["p99"]),
+                         _ratio(torch_median, stats["median"]), _ratio(stats["median"], onnx_median)])
+    parts = ["## Encoders: torch and ONNX Runtime (`python -m benchmarks.encoders`)",
+             "One query at a time after warm-up, every encoder at one intra-op thread, interleaved query by query "
+             "(so all meet the same machine load) within one process; int8 rows are `quantize_dynamic` of the "
+             "fp32 export (per tensor, and per channel), measured but not shipped unless they pass the quality bar "
+             f"below. Load average at the start: {data['load average at start']:.1f} ({data['cores']} cores).",
+             _table(["queries", "encoder", "queries timed", "median ms", "p99 ms", "torch median / this median",
+                     "this median / ONNX fp32 median"], rows)]
+    rows = []
+    for kind, engines in latency["match"].items():
+        torch_encode = latency["encode"][kind]["torch"]["median"]
+        for name, stats in engines.items():
+            semantic = stats["semantic"]
+            rows.append([kinds[kind], name, _ms(stats["all"]["median"]), _ms(stats["all"]["p99"]),
+                         f"{_ms(semantic['median'])} ({semantic['count']})" if semantic else "—",
+                         _ratio(stats["all"]["median"], torch_encode)])
+    parts.append("The semantic cascade end to end (`Matcher.match`, default catalog, same queries; every query is "
+                 "embedded once, since the request gate reads the embedding):")
+    parts.append(_table(["queries", "backend", "median ms", "p99 ms", "median ms on the semantic path (queries)",
+                         "median / torch encode median"], rows))
+    rows = []
+    for name, cosine in quality["cosine"].items():
+        decisions = quality["decisions"][name]
+        moved = [f"{v['top-1 moved']} / {v['decisions moved']}" for k, v in decisions.items() if isinstance(v, dict)]
+        rows.append([name, f"{cosine['mean']:.7f}", f"{cosine['min']:.7f}", *moved,
+                     "yes" if decisions["passes the bar"] else "**no**"])
+    splits = [k for k, v in next(iter(quality["decisions"].values())).items() if isinstance(v, dict)]
+    parts.append(f"Agreement with torch: cosine over all {quality['corpus queries']} corpus queries as the engine "
+                 "embeds them, and the cascade's top-1 / decisions (`matched`, chosen task, type) that differ from "
+                 "torch's. The bar for shipping an encoder: mean cosine >= 0.999 and no top-1 or decision moved.")
+    parts.append(_table(["encoder", "mean cosine", "lowest cosine",
+                         *(f"{split}: top-1 / decisions moved" for split in splits), "passes the bar"], rows))
+    rows = [[c["case"], str(c["effective threads"] or "default"), str(c["count"]), _ms(c["median"]), _ms(c["p99"]),
+             _ms(c["max"]),
+             _ratio(c["p99"], c["median"]), f"{c['load average']:.1f}"] for c in load["cases"]]
+    parts.append(f"Single-query encodes of a mix of both query sets under background load: {load['busy processes']} "
+                 "busy-loop processes (one per core) run throughout; each case in a fresh process.")
+    parts.append(_table(["case", "intra-op threads", "queries", "median ms", "p99 ms", "worst ms", "p99 / median",
+                         "load average after"], rows))
+    return "\n\n".join(parts)
 
 
 def _notes() -> str:

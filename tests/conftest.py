@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,10 +68,16 @@ def small_matcher(small_catalog: matcher.Catalog) -> matcher.Matcher:
 
 
 @pytest.fixture(scope="session")
-def default_semantic_matcher(tmp_path_factory: pytest.TempPathFactory) -> matcher.Matcher:
-    """The full cascade with the shipped MiniLM model; embeddings cached in a temporary folder."""
-    m = matcher.Matcher(matcher.default_catalog(), semantic=True,
-                        cache_dir=tmp_path_factory.mktemp("embedding-cache"))
+def semantic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache folder of `default_semantic_matcher`: the ONNX export and the task embeddings."""
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def default_semantic_matcher(semantic_cache: Path) -> matcher.Matcher:
+    """The full cascade with the shipped MiniLM model and the default backend (ONNX Runtime);
+    the export and embeddings cached in a temporary folder."""
+    m = matcher.Matcher(matcher.default_catalog(), semantic=True, cache_dir=semantic_cache)
     m.warm_up()
     return m
 
@@ -95,3 +102,22 @@ def run_python_as_an_ordinary_user(code: str, *args: str, timeout: float = 300) 
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
+
+
+@pytest.fixture(scope="session")
+def torch_semantic_matcher(semantic_cache: Path) -> matcher.Matcher:
+    """The full cascade on the torch backend, sharing the cache folder (its embeddings are its own)."""
+    m = matcher.Matcher(matcher.default_catalog(), semantic="torch", cache_dir=semantic_cache)
+    m.warm_up()
+    return m
+
+
+@pytest.fixture
+def exported_cache(tmp_path: Path, default_semantic_matcher: matcher.Matcher, semantic_cache: Path) -> Path:
+    """A fresh cache folder holding only a copy of the verified ONNX export (no task embeddings)."""
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    for path in semantic_cache.glob("onnx-*"):
+        shutil.copyfile(path, folder / path.name)
+    assert len(list(folder.glob("onnx-*.onnx"))) == 1
+    return folder

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from benchmarks import datasets, metrics, peers, quality, report, synthetic
+from benchmarks import datasets, encoders, metrics, peers, quality, report, synthetic
 from benchmarks.embeddings import CachingEmbedder
 from benchmarks.metrics import Prediction
 from matcher import Catalog, Matcher
@@ -549,3 +549,33 @@ def test_attack_inputs_are_the_costliest_the_limits_let_through(default_keyword_
         assert default_keyword_matcher.match(query).candidates  # accepted: it costs a full match
         assert len(tokenize(normalize(query))) <= attack.LIMIT // 2
     assert len(attack.ASCII_QUERY) == attack.LIMIT and attack.ASCII_QUERY.isascii()
+
+
+def test_encoder_query_sets_are_seeded_and_sized_by_words() -> None:
+    short, sentences = encoders.load_queries("short", 30), encoders.load_queries("sentences", 30)
+    assert len(short) == len(sentences) == 30
+    assert all(len(q.split()) <= 10 for q in short) and all(len(q.split()) >= 20 for q in sentences)
+    assert short == encoders.load_queries("short", 30) != encoders.load_queries("short", 30, seed=1)
+
+
+def test_encoder_section_prints_ratios_within_the_run() -> None:
+    def stats(median: float, p99: float) -> dict[str, float]:
+        return {"median": median, "p99": p99, "max": p99, "count": 10}
+
+    encode = {"torch": stats(20.0, 30.0), "onnx fp32": stats(8.0, 9.0), "int8": stats(4.0, 5.0)}
+    data = {
+        "cores": 2, "load average at start": 0.5,
+        "latency": {"encode": {"short": encode},
+                    "match": {"short": {"onnx": {"all": stats(9.0, 12.0), "semantic": None}}}},
+        "quality": {"corpus queries": 3, "cosine": {"int8": {"mean": 0.96, "min": 0.9}},
+                    "decisions": {"int8": {"test.jsonl": {"queries": 3, "top-1 moved": 1, "decisions moved": 0},
+                                           "passes the bar": False}}},
+        "load": {"busy processes": 2, "cases": [{"case": "library default", "effective threads": 1, **stats(10.0, 40.0),
+                                                 "load average": 4.0}]},
+    }
+    text = report.encoder_section(data)
+    assert "| short (<= 10 words) | onnx fp32 | 10 | 8.00 | 9.00 | 2.50 | 1.00 |" in text
+    assert "| short (<= 10 words) | int8 | 10 | 4.00 | 5.00 | 5.00 | 0.50 |" in text
+    assert "| short (<= 10 words) | onnx | 9.00 | 12.00 | — | 0.45 |" in text
+    assert "| int8 | 0.9600000 | 0.9000000 | 1 / 0 | **no** |" in text
+    assert "| library default | 1 | 10 | 10.00 | 40.00 | 40.00 | 4.00 | 4.0 |" in text

