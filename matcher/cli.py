@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="weight of the out-of-scope queries, as a share of all queries, in the calibration "
                            "fit and the precision of high answers (default 0.25); 'none' keeps the labelled "
                            "proportions")
+    tune.add_argument("--labelled-only", action="store_true",
+                      help="fit to the labelled queries alone, without the catalog's held-out phrases as a prior")
     _catalog_options(tune)
     sub.add_parser("serve", help="run the HTTP API (see task-matcher serve --help)", add_help=False)
     conf = sub.add_parser("confusability", help="task pairs whose profiles overlap, and the phrases causing it")
@@ -258,7 +260,8 @@ def _run(args: argparse.Namespace) -> int:
         tuned = tune(catalog, labelled,
                      semantic=_embedder_choice(args.semantic, args.threads),
                      target_precision=args.target_precision,
-                     out_of_scope_share=args.out_of_scope_share, progress=True)
+                     out_of_scope_share=args.out_of_scope_share,
+                     catalog_phrases=not args.labelled_only, progress=True)
         tuned.save(args.out)
         report = dict(tuned.tuning or {})
         report.pop("per_task", None)

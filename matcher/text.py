@@ -112,17 +112,27 @@ def content_terms(normalized: str) -> list[str]:
 # A negated or contrasted mention ("not sentiment", "no need to translate the tickets", "instead
 # of a summary") names a task the user does NOT want. It runs from the cue to the end of its
 # clause: punctuation, or a word that turns to what the user does want ("just", "only", "but").
+# A clause that ends in a verdict ("one label per image isn't enough", "a single function call
+# won't cut it") rules out what it names before the verdict, so it is set aside whole.
+_APOSTROPHE = "['’]"
 _NEGATION_CUE = (
-    r"(?:not|don't|dont|do not|does not|doesn't|no need (?:to|for)|no longer need|won't need|"
+    rf"(?:not|don{_APOSTROPHE}?t|do not|does not|doesn{_APOSTROPHE}t|isn{_APOSTROPHE}t|aren{_APOSTROPHE}t|"
+    rf"wasn{_APOSTROPHE}t|weren{_APOSTROPHE}t|no need (?:to|for)|no longer need|won{_APOSTROPHE}t need|"
     r"will not need|never mind|instead of|rather than|other than|forget about)"
 )
+_VERDICT = (
+    rf"(?:isn{_APOSTROPHE}t|is not|aren{_APOSTROPHE}t|are not|won{_APOSTROPHE}t|will not|doesn{_APOSTROPHE}t|"
+    rf"does not|not)\s+(?:enough|sufficient|cut it|do|suffice|what (?:i|we) (?:need|want))\b"
+)
 _NEGATED_SPAN = re.compile(
-    rf"\b{_NEGATION_CUE}\b(?:(?![.,;:!?()]|\b(?:just|only|but|instead|rather|we|i)\b).)*"
+    rf"(?:^|(?<=[.,;:!?]))[^.,;:!?]*?\b{_VERDICT}"
+    rf"|\b{_NEGATION_CUE}\b(?:(?![.,;:!?()]|\b(?:just|only|but|instead|rather|we|i)\b).)*"
     r"|\bno\b(?:(?![.,;:!?()]).){1,40}?\b(?:needed|required|necessary)\b"
 )
 
 
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
+_REPEATED_PUNCTUATION = re.compile(r"([,.;:!?])(?:\s*[,.;:!?])+")
 
 
 def split_negated(normalized: str) -> tuple[str, tuple[str, ...]]:
@@ -136,6 +146,7 @@ def split_negated(normalized: str) -> tuple[str, tuple[str, ...]]:
     if not spans:
         return normalized, ()
     kept = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", _WHITESPACE.sub(" ", _NEGATED_SPAN.sub(" ", normalized)))
+    kept = _REPEATED_PUNCTUATION.sub(r"\1", kept)
     kept = kept.strip(" ,.;:!?")
     if not content_terms(kept):
         return normalized, ()

@@ -7,6 +7,7 @@ likelihood fit of the catalog-wide softmax with a "no match" option (`calibratio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -73,8 +74,15 @@ class _Path:
 def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
          semantic: SemanticOption = "auto", base: MatcherConfig | None = None,
          target_precision: float = 0.97, out_of_scope_share: float | None = 0.25,
-         progress: bool = False) -> MatcherConfig:
+         catalog_phrases: bool = True, progress: bool = False) -> MatcherConfig:
     """Fit a `MatcherConfig` to `labelled` (text, task id or None for out-of-scope) pairs.
+
+    With `catalog_phrases` (the default) the labelled queries are added to what self-calibration
+    learns from (`self_calibrate`: every catalog phrase held out as a pseudo-query, the shipped
+    out-of-scope corpus as negatives). Those catalog texts are a prior: each counts as one labelled
+    query while there are at most 200 labels, and 200 / labels beyond, so a few dozen labels refine
+    the self-calibrated operating point instead of replacing it with one fitted to too little data,
+    and a thousand labels of real traffic outweigh it.
 
     Fits signal weights (top-1 accuracy), the keyword and semantic calibration curves, the
     fusion weight and the embedding aggregation, then picks the fallback threshold, the
@@ -102,11 +110,27 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     if out_of_scope_share is not None and not 0.0 < out_of_scope_share < 1.0:
         raise ValueError(f"out_of_scope_share must be in (0, 1) or None, got {out_of_scope_share}")
 
-    matcher = Matcher(catalog, semantic=semantic, config=base)
+    texts = [normalize(text) for text, _ in pairs]
     labels = _positions(catalog, [label for _, label in pairs])
-    observed = _observe(matcher, [normalize(text) for text, _ in pairs], labels, progress=progress)
-    return _fit(matcher, observed, target_precision=target_precision, out_of_scope_share=out_of_scope_share,
-                gate_learns_catalog_phrases=True, source="labelled queries", progress=progress)
+    parts: list[_Observed] = []
+    matcher: Matcher | None = None
+    if catalog_phrases:
+        try:
+            labelled_texts = set(texts)
+            matcher, parts = _catalog_observations(
+                catalog, semantic=semantic, base=base, progress=progress, also_embed=texts,
+                negatives=[t for t in (normalize(n) for n in _shipped_out_of_scope()) if t not in labelled_texts])
+        except ValueError as exc:  # too few phrases to hold out: the labelled queries alone
+            _log.info("tuning on the labelled queries alone: %s", exc)
+    if matcher is None:
+        matcher = Matcher(catalog, semantic=semantic, config=base)
+    if parts:  # the catalog's texts count fully up to _CATALOG_PRIOR_LABELS labels, then fade as labels grow
+        parts = [part.as_prior(min(1.0, _CATALOG_PRIOR_LABELS / len(pairs))) for part in parts]
+    parts.append(_observe(matcher, texts, labels, progress=progress))
+    source = "labelled queries" + (" and held-out catalog phrases" if len(parts) > 1 else "")
+    return _fit(matcher, _Observed.concat(parts), target_precision=target_precision,
+                out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=len(parts) == 1,
+                source=source, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -120,6 +144,28 @@ class _Observed:
     centroid: FloatArray | None
     best: FloatArray | None
     vectors: npt.NDArray[np.float32] | None = None
+    weights: FloatArray | None = None
+    """How much each query counts in every fit (None: one each)."""
+    prior: BoolArray | None = None
+    """Which rows are the catalog's own texts standing in for labelled queries (None: none)."""
+
+    @property
+    def row_weights(self) -> FloatArray:
+        return np.ones(len(self.texts)) if self.weights is None else self.weights
+
+    @property
+    def prior_rows(self) -> BoolArray:
+        return np.zeros(len(self.texts), dtype=bool) if self.prior is None else self.prior
+
+    @property
+    def reported(self) -> BoolArray:
+        """The rows the tuning report describes: the labelled queries, or every row when there are none."""
+        labelled = ~self.prior_rows
+        return labelled if labelled.any() else np.ones(len(self.texts), dtype=bool)
+
+    def as_prior(self, weight: float) -> _Observed:
+        """These observations of the catalog's own texts as a prior, each counting `weight`."""
+        return replace(self, weights=np.full(len(self.texts), weight), prior=np.ones(len(self.texts), dtype=bool))
 
     @staticmethod
     def concat(parts: list[_Observed]) -> _Observed:
@@ -132,6 +178,8 @@ class _Observed:
             centroid=np.vstack([p.centroid for p in parts if p.centroid is not None]) if semantic else None,
             best=np.vstack([p.best for p in parts if p.best is not None]) if semantic else None,
             vectors=np.vstack([p.vectors for p in parts if p.vectors is not None]) if semantic else None,
+            weights=np.concatenate([p.row_weights for p in parts]),
+            prior=np.concatenate([p.prior_rows for p in parts]),
         )
 
 
@@ -173,9 +221,10 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
     is_task = np.array([p.kind == "task" for p in profiles])
     labels, coverage, signals = observed.labels, observed.coverage, observed.signals
     in_scope = labels >= 0
-    weights_per_query = _query_weights(in_scope, out_of_scope_share)
+    rows = observed.row_weights
+    weights_per_query = _query_weights(in_scope, out_of_scope_share, rows)
 
-    weights = _fit_weights(signals, base.field_weights, labels, is_task)
+    weights = _fit_weights(signals, base.field_weights, labels, is_task, rows)
     keyword_raw = combine(signals, weights)
     k_slope, k_bias, k_coverage = _fit_calibration(
         keyword_raw, coverage, labels, is_task, weights_per_query,
@@ -191,7 +240,7 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
     if semantic_index is not None and observed.centroid is not None and observed.best is not None:
         centroid, best = observed.centroid, observed.best
         centroid_weight, fusion = _fit_fusion(semantic_index.mix, centroid, best, keyword_raw,
-                                              labels, is_task)
+                                              labels, is_task, rows)
         fused = fusion * keyword_raw + (1.0 - fusion) * np.round(
             semantic_index.mix(centroid, best, centroid_weight), 6)
         s_slope, s_bias, s_coverage = _fit_calibration(
@@ -219,17 +268,21 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
             "(one-sided 95% bound); the most precise setting was kept, so `matched` will be "
             "wrong more often than the target. Add labelled data, enrich the catalog profiles or "
             "enable the semantic backstop.", RuntimeWarning, stacklevel=3)
+    reported = observed.reported
     report = _report(config, keyword_path, semantic_path, labels, gate_scores,
-                     profiles_ids=[p.id for p in profiles])
+                     profiles_ids=[p.id for p in profiles], rows=reported, weights=weights_per_query)
     report.update({
         "source": source,
         "target_precision": target_precision,
         "target_met": bool(target_met),
         "labels_needed": _labels_needed(right, answered, target_precision),
         "out_of_scope_share": out_of_scope_share,
-        "queries": len(labels),
-        "in_scope": int(in_scope.sum()),
-        "out_of_scope": int((~in_scope).sum()),
+        "queries": int(reported.sum()),
+        "in_scope": int((in_scope & reported).sum()),
+        "out_of_scope": int((~in_scope & reported).sum()),
+        "catalog_prior": {"held_out_texts": int(observed.prior_rows.sum()),
+                          "weight_each": round(float(observed.row_weights[observed.prior_rows].max()), 4)}
+        if observed.prior_rows.any() else None,
         "catalog_fingerprint": catalog.fingerprint,
         "semantic_model": None if semantic_index is None else matcher._embedder.model_id  # type: ignore[union-attr]
     })
@@ -237,6 +290,7 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
 
 
 _SELF_CALIBRATION_FOLDS = 2
+_CATALOG_PRIOR_LABELS = 200
 _SELF_CALIBRATION_MAX_QUERIES = 6000
 _SELF_CALIBRATION_MAX_PROFILES = 2000
 
@@ -256,11 +310,29 @@ def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base:
     more than 2,000 profiles; `Matcher` then falls back to the shipped config with a warning.
     """
     base = base if base is not None else MatcherConfig()
+    negatives = [normalize(t) for t in (out_of_scope if out_of_scope is not None else _shipped_out_of_scope())]
+    full, parts = _catalog_observations(catalog, semantic=semantic, base=base, negatives=negatives,
+                                        progress=progress)
+    return _fit(full, _Observed.concat(parts), target_precision=target_precision,
+                out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=False,
+                source="held-out catalog phrases (self-calibration)", progress=progress)
+
+
+def _catalog_observations(catalog: Catalog, *, semantic: SemanticOption, base: MatcherConfig,
+                          negatives: list[str], also_embed: Sequence[str] = (),
+                          progress: bool = False) -> tuple[Matcher, list[_Observed]]:
+    """The matcher of the whole catalog and what it sees of the catalog's own texts: each phrase
+    scored against the catalog without its fold, and the normalized `negatives` against the whole.
+    The returned matcher embeds through a memo primed with every text, `also_embed` (normalized
+    labelled queries the caller will observe with it) included.
+
+    Raises ValueError when the catalog has fewer than 10 phrases to hold out or more than 2,000
+    profiles.
+    """
     if len(catalog.profiles()) > _SELF_CALIBRATION_MAX_PROFILES:
         raise ValueError(f"{catalog.source}: self-calibration handles up to {_SELF_CALIBRATION_MAX_PROFILES:,} "
                          f"profiles (its signal matrices grow with queries x profiles); this catalog has "
                          f"{len(catalog.profiles()):,}")
-    negatives = [normalize(t) for t in (out_of_scope if out_of_scope is not None else _shipped_out_of_scope())]
     folds = [_fold(catalog, fold) for fold in range(_SELF_CALIBRATION_FOLDS)]
     total = sum(len(queries) for _, queries in folds)
     if total > _SELF_CALIBRATION_MAX_QUERIES:  # every k-th held-out phrase, the same on every run
@@ -276,7 +348,7 @@ def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base:
     if embedder is not None:
         texts = {text for task in catalog.profiles() for text in profile_texts(task)}
         texts.update(split_negated(text)[0] for _, queries in folds for text, _ in queries)
-        texts.update(split_negated(text)[0] for text in negatives)
+        texts.update(split_negated(text)[0] for text in itertools.chain(negatives, also_embed))
         memo = _MemoEmbedder(embedder)
         memo.prime(sorted(texts), progress=progress)
     parts: list[_Observed] = []
@@ -289,10 +361,9 @@ def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base:
                                    cache_dir=scratch)
             parts.append(_observe(fold_matcher, [text for text, _ in queries],
                                   _positions(catalog, [label for _, label in queries])))
-    parts.append(_observe(full, negatives, np.full(len(negatives), -1, dtype=np.int64)))
-    return _fit(full, _Observed.concat(parts), target_precision=target_precision,
-                out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=False,
-                source="held-out catalog phrases (self-calibration)", progress=progress)
+    if negatives:
+        parts.append(_observe(full, negatives, np.full(len(negatives), -1, dtype=np.int64)))
+    return full, parts
 
 
 def _fold(catalog: Catalog, fold: int) -> tuple[Catalog, list[tuple[str, str | None]]]:
@@ -411,24 +482,27 @@ def _progress(items: list[T], enabled: bool, label: str, *, unit: str = "query")
     yield from items
 
 
-def _ranking_quality(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[float, float]:
-    """(top-1 accuracy, mean reciprocal rank) over in-scope queries, tasks only, ties by index."""
+def _ranking_quality(raw: FloatArray, labels: IntArray, is_task: BoolArray,
+                     weights: FloatArray | None = None) -> tuple[float, float]:
+    """(top-1 accuracy, mean reciprocal rank) over in-scope queries, tasks only, ties by index,
+    each query counting its weight."""
     scores = np.round(np.where(is_task, raw, -1.0), 6)
     rows = np.flatnonzero(labels >= 0)
     if not len(rows):
         return 0.0, 0.0
+    counts = np.ones(len(rows)) if weights is None else weights[rows]
     truth = scores[rows, labels[rows]][:, None]
     above = (scores[rows] > truth).sum(axis=1)
     tied_before = ((scores[rows] == truth) & (np.arange(scores.shape[1]) < labels[rows][:, None])).sum(axis=1)
     rank = above + tied_before
-    return float(np.mean(rank == 0)), float(np.mean(1.0 / (rank + 1)))
+    return (float(np.average(rank == 0, weights=counts)), float(np.average(1.0 / (rank + 1), weights=counts)))
 
 
 def _fit_weights(signals: dict[str, FloatArray], start: FieldWeights, labels: IntArray,
-                 is_task: BoolArray) -> FieldWeights:
+                 is_task: BoolArray, rows: FloatArray) -> FieldWeights:
     """Coordinate ascent over signal weights on top-1 accuracy (then MRR); strict gains only."""
     current = start
-    best = _ranking_quality(combine(signals, current), labels, is_task)
+    best = _ranking_quality(combine(signals, current), labels, is_task, rows)
     for _ in range(4):
         improved = False
         for name in SIGNALS:
@@ -436,7 +510,7 @@ def _fit_weights(signals: dict[str, FloatArray], start: FieldWeights, labels: In
                 candidate = replace(current, **{name: value})
                 if sum(candidate.as_dict().values()) <= 0:
                     continue
-                quality = _ranking_quality(combine(signals, candidate), labels, is_task)
+                quality = _ranking_quality(combine(signals, candidate), labels, is_task, rows)
                 if quality > best:
                     best, current, improved = quality, candidate, True
         if not improved:
@@ -445,13 +519,13 @@ def _fit_weights(signals: dict[str, FloatArray], start: FieldWeights, labels: In
 
 
 def _fit_fusion(mix: Any, centroid: FloatArray, best: FloatArray, keyword_raw: FloatArray,
-                labels: IntArray, is_task: BoolArray) -> tuple[float, float]:
+                labels: IntArray, is_task: BoolArray, rows: FloatArray) -> tuple[float, float]:
     """Embedding aggregation and keyword/embedding fusion weight with the best ranking."""
     choice, top = (0.5, 0.5), (-1.0, -1.0)
     for centroid_weight in _CENTROID_VALUES:
         similarity = np.round(mix(centroid, best, centroid_weight), 6)
         for fusion in _FUSION_VALUES:
-            quality = _ranking_quality(fusion * keyword_raw + (1 - fusion) * similarity, labels, is_task)
+            quality = _ranking_quality(fusion * keyword_raw + (1 - fusion) * similarity, labels, is_task, rows)
             if quality > top:
                 top, choice = quality, (centroid_weight, fusion)
     return choice
@@ -463,13 +537,14 @@ def _top_task(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[Fl
     return raw[np.arange(len(raw)), top], top == labels
 
 
-def _query_weights(in_scope: BoolArray, out_of_scope_share: float | None) -> FloatArray:
-    """Per-query likelihood weights giving the out-of-scope queries `out_of_scope_share` of the total."""
-    n_in, n_out = int(in_scope.sum()), int((~in_scope).sum())
+def _query_weights(in_scope: BoolArray, out_of_scope_share: float | None, rows: FloatArray) -> FloatArray:
+    """Per-query likelihood weights (`rows` times a class weight) giving the out-of-scope queries
+    `out_of_scope_share` of the total."""
+    n_in, n_out = float(rows[in_scope].sum()), float(rows[~in_scope].sum())
     if out_of_scope_share is None or n_in == 0 or n_out == 0:
-        return np.ones(len(in_scope))
+        return rows.copy()
     out_weight = out_of_scope_share / (1.0 - out_of_scope_share) * n_in / n_out
-    return np.where(in_scope, 1.0, out_weight)
+    return rows * np.where(in_scope, 1.0, out_weight)
 
 
 def _fit_calibration(raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
@@ -551,7 +626,8 @@ def _fit_request_gate(matcher: Matcher, observed: _Observed, *, learn_catalog_ph
     probabilities of the observed queries (fold = row number mod 5) for choosing its threshold.
 
     The catalog's task phrases are requests and its out-of-scope profiles' phrases are not; they
-    are in every fold's training data. Both classes weigh the same in the fit. With the semantic
+    are in every fold's training data. Both classes weigh the same in the fit, each query counting
+    its weight. With the semantic
     backstop the gate also reads each request's embedding (the vector the engine computes anyway).
     """
     catalog = matcher.catalog
@@ -567,8 +643,9 @@ def _fit_request_gate(matcher: Matcher, observed: _Observed, *, learn_catalog_ph
         phrase_vectors = (index.encode([split_negated(text)[0] for text in catalog_texts]) if catalog_texts
                           else np.zeros((0, observed.vectors.shape[1]), dtype=np.float32))
         vectors = np.vstack([phrase_vectors, observed.vectors]).astype(np.float32)
-    positives, negatives = int(all_labels.sum()), int((~all_labels).sum())
-    balance = np.where(all_labels, 1.0, positives / max(negatives, 1))
+    counts = np.concatenate([np.ones(len(catalog_texts)), observed.row_weights])
+    positives, negatives = float(counts[all_labels].sum()), float(counts[~all_labels].sum())
+    balance = counts * np.where(all_labels, 1.0, positives / max(negatives, 1e-9))
     folds = np.concatenate([np.full(len(catalog_texts), -1), np.arange(len(observed.texts)) % _GATE_FOLDS])
     out_of_fold = np.zeros(len(observed.texts))
     for fold in _progress(list(range(_GATE_FOLDS)), progress, "request gate", unit="fold"):
@@ -681,12 +758,18 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
 
 
 def _report(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
-            labels: IntArray, gate: FloatArray, profiles_ids: list[str]) -> dict[str, Any]:
-    """Precision and recall of ``high`` answers at the chosen operating point, overall and per task."""
-    d = _decide(config, keyword, semantic, gate)
+            labels: IntArray, gate: FloatArray, profiles_ids: list[str], rows: BoolArray,
+            weights: FloatArray) -> dict[str, Any]:
+    """Precision and recall of ``high`` answers at the chosen operating point, overall and per task,
+    on the `rows` reported (the labelled queries, not the catalog's own texts). The overall precision
+    weighs out-of-scope answers as the fit does (`weights`); per task, every answer counts one."""
+    full = _decide(config, keyword, semantic, gate)
+    d = _Decisions(*(np.asarray(getattr(full, f.name))[rows] for f in dataclasses.fields(_Decisions)))
+    labels, weights = labels[rows], weights[rows]
     in_scope = labels >= 0
     right = d.matched & d.correct & in_scope
     answered = int(d.matched.sum())
+    answered_weight = float(weights[d.matched].sum())
     per_task: dict[str, dict[str, float | int | None]] = {}
     for task_position in sorted(set(labels[in_scope].tolist()) | set(d.predicted[d.matched].tolist())):
         support = int((labels == task_position).sum())
@@ -699,7 +782,7 @@ def _report(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
             "recall": round(hits / support, 4) if support else None,
         }
     return {
-        "precision_high": round(int(right.sum()) / answered, 4) if answered else None,
+        "precision_high": round(float(weights[right].sum()) / answered_weight, 4) if answered else None,
         "recall_high": round(int(right.sum()) / max(1, int(in_scope.sum())), 4),
         "out_of_scope_recall": (round(float((~d.matched[~in_scope]).mean()), 4)
                                 if (~in_scope).any() else None),

@@ -115,8 +115,11 @@ def test_one_known_word_among_unknown_ones_is_never_high(default_keyword_matcher
     assert result.candidates[0].task_id == "chart-question-answering"
     assert result.candidates[0].confidence != "high"
     assert not result.matched
+    # with the request gate out of the way, the coverage rule alone still refuses it, and only it
+    ungated = default_keyword_matcher.config.with_changes(gate_threshold=0.0)
+    assert not Matcher(default_keyword_matcher.catalog, semantic=False, config=ungated).match("foo bar baz").matched
     permissive = Matcher(default_keyword_matcher.catalog, semantic=False,
-                         config=default_keyword_matcher.config.with_changes(keyword_min_coverage=0.0))
+                         config=ungated.with_changes(keyword_min_coverage=0.0))
     assert permissive.match("foo bar baz").matched
     assert default_keyword_matcher.match("answer questions about a bar chart").matched
 

@@ -103,12 +103,12 @@ def test_paraphrases_with_no_shared_word_are_found_by_the_backstop(default_seman
     keyword_only = Matcher(catalog, semantic=False)
     unshared = [row for row in rows if not ({stem(t) for t in tokenize(normalize(row["text"])) if t not in STOP_WORDS}
                                             & content_terms_of(catalog.get(row["task_id"])))]
-    assert len(unshared) >= 15
+    assert len(unshared) >= 10
     semantic_hits = sum(default_semantic_matcher.match(r["text"]).candidates[0].task_id == r["task_id"]
                         for r in unshared)
     keyword_hits = sum(keyword_only.match(r["text"]).candidates[0].task_id == r["task_id"] for r in unshared)
     assert keyword_hits == 0
-    assert semantic_hits >= 8  # 8 of 18 at the last re-tune: a regression test, not an accuracy figure
+    assert semantic_hits >= 8  # 8 of 11 at the last re-tune: a regression test, not an accuracy figure
 
 
 def test_semantic_true_without_the_extra_names_what_to_install() -> None:

@@ -78,6 +78,21 @@ def test_negated_mentions_are_split_from_the_request() -> None:
         "i, just every word written out", ("don't need to know who is speaking",))
     assert split("No translation needed, the whole team speaks Portuguese.")[1] == ("no translation needed",)
     assert split("translate this, not summarize") == ("translate this", ("not summarize",))
+    assert split("These aren't duplicate questions; they're rows in two product databases")[1] == (
+        "aren't duplicate questions",)
+    assert split("The team doesn’t want a summary, only the to-dos")[1] == ("doesn’t want a summary",)
+
+
+def test_a_clause_ending_in_a_verdict_is_set_aside_whole() -> None:
+    def split(text: str) -> tuple[str, tuple[str, ...]]:
+        return split_negated(normalize(text))
+
+    assert split("One label per image isn't enough: I need every item boxed") == (
+        "i need every item boxed", ("one label per image isn't enough",))
+    assert split("Thanks. A single function call won't cut it, it has to plan several steps") == (
+        "thanks. it has to plan several steps", ("a single function call won't cut it",))
+    assert split("a summary is not what we need, we want the action items")[1] == ("a summary is not what we need",)
+    assert split("we do need it done") == ("we do need it done", ())
 
 
 def test_text_without_negation_or_with_nothing_else_is_kept_whole() -> None:

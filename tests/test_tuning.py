@@ -26,7 +26,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:no setting reaches:RuntimeWarnin
 def labelled_rows() -> list[tuple[str, str | None]]:
     """The tuning splits the shipped configs are tuned on (see the README's `tune` commands)."""
     queries = REPO / "corpora" / "queries"
-    return load_labelled(queries / "tune.jsonl") + load_labelled(queries / "hard-tune.jsonl")
+    return [row for name in TUNING_FILES for row in load_labelled(queries / name)]
+
+
+TUNING_FILES = ("tune.jsonl", "hard-tune.jsonl", "traffic-tune.jsonl")
 
 
 def test_tune_is_deterministic_and_reports_per_task() -> None:
@@ -38,7 +41,10 @@ def test_tune_is_deterministic_and_reports_per_task() -> None:
     assert report is not None
     assert 0.0 < report["precision_high"] <= 1.0
     assert 0.0 < report["recall_high"] <= 1.0
-    assert report["queries"] == len(rows)
+    assert report["queries"] == len(rows)  # the report describes the labelled queries
+    assert report["source"] == "labelled queries and held-out catalog phrases"
+    assert report["catalog_prior"]["held_out_texts"] > 1000
+    assert report["catalog_prior"]["weight_each"] == round(200 / len(rows), 4)
     assert report["out_of_scope_share"] == 0.25
     per_task = report["per_task"]
     assert set(per_task) >= {label for _, label in rows if label}
@@ -198,6 +204,29 @@ def test_self_calibration_fits_a_catalog_from_its_own_phrases(self_calibrated: M
     assert report["in_scope"] > 500 and report["out_of_scope"] > 200  # held-out phrases + shipped corpus
     assert self_calibrated.gate is not None
     assert 0.0 < self_calibrated.medium_threshold < self_calibrated.high_threshold
+
+
+def test_a_few_labels_refine_the_self_calibration_instead_of_replacing_it(
+        self_calibrated: MatcherConfig) -> None:
+    rows = labelled_rows()
+    few = rows[::len(rows) // 40][:40]
+    refined = matcher.tune(matcher.default_catalog(), few, semantic=False)
+    alone = matcher.tune(matcher.default_catalog(), few, semantic=False, catalog_phrases=False)
+    assert alone.tuning is not None and refined.tuning is not None and self_calibrated.tuning is not None
+    assert alone.tuning["source"] == "labelled queries" and alone.tuning["catalog_prior"] is None
+    shipped_negatives = {normalize(text) for text, _ in load_labelled(
+        REPO / "matcher" / "data" / "out-of-scope.jsonl")}
+    repeated = sum(normalize(text) in shipped_negatives for text, _ in few)  # counted once, as labelled
+    assert refined.tuning["queries"] == alone.tuning["queries"] == 40
+    # every text self-calibration learns from, each counting fully while labels are few
+    assert refined.tuning["catalog_prior"] == {"held_out_texts": self_calibrated.tuning["queries"] - repeated,
+                                               "weight_each": 1.0}
+
+
+def test_the_shipped_out_of_scope_corpus_is_the_tuning_splits_out_of_scope_lines() -> None:
+    queries = REPO / "corpora" / "queries"
+    expected = [text for name in TUNING_FILES for text, label in load_labelled(queries / name) if label is None]
+    assert [text for text, _ in load_labelled(REPO / "matcher" / "data" / "out-of-scope.jsonl")] == expected
 
 
 def test_tuned_thresholds_always_leave_a_medium_tier() -> None:
