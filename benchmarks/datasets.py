@@ -2,9 +2,12 @@
 
 Two families:
 
-* ``default`` and ``hard``: the bundled catalog tuned on `corpora/queries/` `tune.jsonl` +
-  `hard-tune.jsonl` (as the shipped configs are); ``default`` reports on `test.jsonl`, ``hard``
-  on `hard-test.jsonl` (requests in the shapes of real traffic and near-miss out-of-scope ones).
+* ``default``, ``hard`` and ``traffic``: the bundled catalog tuned on `corpora/queries/`
+  `tune.jsonl` + `hard-tune.jsonl` + `traffic-tune.jsonl` (as the shipped configs are);
+  ``default`` reports on `test.jsonl`, ``hard`` on `hard-test.jsonl` (requests in the shapes of
+  real traffic and near-miss out-of-scope ones), ``traffic`` on `traffic-dev.jsonl` (the same
+  shapes by other writers; the validation split on which design choices were compared, never
+  fitted on).
 * ``clinc-k5``, ``clinc-k10``, ``clinc-full``: CLINC150 (Larson et al. 2019) turned into an
   external catalog, one task per intent, whose phrases are K training utterances (the few-shot
   files for K = 5 and 10, all 100 for ``full``); tuned on `val.jsonl`, reported on `test.jsonl`,
@@ -34,6 +37,7 @@ __all__ = [
     "DEFAULT_TUNE_FILES",
     "HARD_TEST_COUNTS",
     "QUICK_LIMIT",
+    "TRAFFIC_DEV_COUNTS",
     "Dataset",
     "LabelledQuery",
     "clinc_dir",
@@ -41,15 +45,18 @@ __all__ = [
     "load_dataset",
     "load_default",
     "load_hard",
+    "load_traffic",
     "read_jsonl",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_QUERIES_DIR = REPO_ROOT / "corpora" / "queries"
 CLINC_DATASETS: dict[str, int | None] = {"clinc-k5": 5, "clinc-k10": 10, "clinc-full": None}
-DEFAULT_TUNE_FILES = ("tune.jsonl", "hard-tune.jsonl")
+DEFAULT_TUNE_FILES = ("tune.jsonl", "hard-tune.jsonl", "traffic-tune.jsonl")
 HARD_TEST_COUNTS = (318, 188)
 """In-scope and out-of-scope lines of the whole `hard-test.jsonl` (checked by the tests)."""
+TRAFFIC_DEV_COUNTS = (406, 200)
+"""In-scope and out-of-scope lines of the whole `traffic-dev.jsonl` (checked by the tests)."""
 QUICK_LIMIT = 120
 
 
@@ -146,7 +153,7 @@ def _bundled(name: str, test_file: str, about: str, queries_dir: Path | None, li
 
 def load_default(queries_dir: Path | None = None, *, limit: int | None = None,
                  seed: int = 0) -> Dataset:
-    """The bundled catalog, tuned on `tune.jsonl` + `hard-tune.jsonl`, reported on `test.jsonl`.
+    """The bundled catalog, tuned on the `DEFAULT_TUNE_FILES`, reported on `test.jsonl`.
 
     `limit` keeps a seeded sample of that many lines of each split.
     """
@@ -160,6 +167,15 @@ def load_hard(queries_dir: Path | None = None, *, limit: int | None = None, seed
     about = (f"reported on corpora/queries hard-test.jsonl, written in the shapes of real traffic, "
              f"{in_scope} in-scope + {oos} near-miss out-of-scope test lines")
     return _bundled("hard", "hard-test.jsonl", about, queries_dir, limit, seed)
+
+
+def load_traffic(queries_dir: Path | None = None, *, limit: int | None = None, seed: int = 0) -> Dataset:
+    """As `load_default` (same catalog and tuning rows), reported on the validation split `traffic-dev.jsonl`."""
+    in_scope, oos = TRAFFIC_DEV_COUNTS
+    about = (f"reported on corpora/queries traffic-dev.jsonl, the same shapes by other writers, {in_scope} "
+             f"in-scope + {oos} near-miss out-of-scope lines: the validation split on which design choices "
+             "were compared (never fitted on)")
+    return _bundled("traffic", "traffic-dev.jsonl", about, queries_dir, limit, seed)
 
 
 def intent_to_id(intent: str) -> str:
@@ -254,12 +270,14 @@ def load_clinc(k: int | None, *, root: Path | None = None, intents: int | None =
 
 
 def load_dataset(name: str, *, quick: bool = False, clinc_intents: int | None = None) -> Dataset:
-    """A dataset by name (`default`, `hard` or a key of `CLINC_DATASETS`)."""
+    """A dataset by name (`default`, `hard`, `traffic` or a key of `CLINC_DATASETS`)."""
     limit = QUICK_LIMIT if quick else None
     if name == "default":
         return load_default(limit=limit)
     if name == "hard":
         return load_hard(limit=limit)
+    if name == "traffic":
+        return load_traffic(limit=limit)
     if name in CLINC_DATASETS:
         return load_clinc(CLINC_DATASETS[name], intents=clinc_intents)
-    raise KeyError(f"unknown dataset {name!r}; known: default, hard, {', '.join(CLINC_DATASETS)}")
+    raise KeyError(f"unknown dataset {name!r}; known: default, hard, traffic, {', '.join(CLINC_DATASETS)}")

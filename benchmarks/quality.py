@@ -13,10 +13,11 @@ Systems: ``ours: keyword`` (semantic=False), ``ours: full`` (MiniLM backstop), `
 peer rule`` (the full engine's ranking with its no-match decision replaced by the peers' rule
 on its top score, so acceptance is compared like for like), the peers of `benchmarks.peers`,
 and for datasets with `Dataset.self_calibrate` ``ours: keyword, self-calibrated`` and ``ours:
-full, self-calibrated`` (config fitted without a single labelled query).
+full, self-calibrated`` (config fitted without a single labelled query) and ``ours: full, 40
+labels`` (`tune` on a seeded sample of 40 rows of the tuning split: a new user's first labels).
 
 A `TuningCache` shared by the datasets of a run fits each system once per catalog and tuning
-split: the ``default`` and ``hard`` datasets share both and differ only in the test split.
+split: the ``default``, ``hard`` and ``traffic`` datasets share both and differ only in the test split.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .peers import EmbeddingPeer, Peer, default_peers, embedding_texts, rank_tas
 
 __all__ = [
     "OURS_FULL",
+    "OURS_FULL_FEW",
     "OURS_FULL_SELF",
     "OURS_KEYWORD",
     "OURS_KEYWORD_SELF",
@@ -69,6 +71,8 @@ OURS_FULL = "ours: full"
 OURS_PEER_RULE = "ours: full, peer rule"
 OURS_KEYWORD_SELF = "ours: keyword, self-calibrated"
 OURS_FULL_SELF = "ours: full, self-calibrated"
+FEW_LABELS = 40
+OURS_FULL_FEW = f"ours: full, {FEW_LABELS} labels"
 TOP_K = 5
 HIGH_PRECISION = 0.97
 
@@ -245,12 +249,23 @@ def _fit_peer(peer: Peer, dataset: Dataset) -> FittedSystem:
     )
 
 
-def _fit_engine(name: str, dataset: Dataset, semantic: bool | Embedder, self_calibrated: bool) -> FittedSystem:
+def _few_labels(dataset: Dataset) -> list[LabelledQuery]:
+    """A seeded sample of `FEW_LABELS` rows of the tuning split: what a new user labels in an afternoon."""
+    rows = list(dataset.tune)
+    return [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), min(FEW_LABELS, len(rows))))]
+
+
+def _fit_engine(name: str, dataset: Dataset, semantic: bool | Embedder, mode: str) -> FittedSystem:
+    """Our engine tuned on the tuning split (`mode` "tuned"), on `FEW_LABELS` rows of it ("few"), or
+    self-calibrated on the catalog alone ("self")."""
     start = time.perf_counter()
-    if self_calibrated:
+    if mode == "self":
         config, source = self_calibrated_config(dataset.catalog, semantic)
     else:
-        config, source = tune_config(dataset.catalog, [(q.text, q.task_id) for q in dataset.tune], semantic)
+        rows = _few_labels(dataset) if mode == "few" else dataset.tune
+        config, source = tune_config(dataset.catalog, [(q.text, q.task_id) for q in rows], semantic)
+        if mode == "few":
+            source = f"matcher.tune on a seeded sample of {len(rows)} rows of the tuning split"
     tuned = time.perf_counter() - start
     engine = Matcher(dataset.catalog, semantic=semantic, config=config)
     start = time.perf_counter()
@@ -275,20 +290,19 @@ def tune_systems(dataset: Dataset, embedder: Embedder | None, *, progress: bool 
         texts = [t for p in dataset.catalog.profiles() for t in embedding_texts(p)]
         embedder.prime(texts + [normalize(q.text) for q in dataset.tune], progress=progress,
                        desc=f"{dataset.name}: embed catalog + tune split")
-    jobs: list[tuple[str, bool | Embedder, bool]] = [(OURS_KEYWORD, False, False)]
+    jobs: list[tuple[str, bool | Embedder, str]] = [(OURS_KEYWORD, False, "tuned")]
     if dataset.self_calibrate:
-        jobs.append((OURS_KEYWORD_SELF, False, True))
+        jobs.append((OURS_KEYWORD_SELF, False, "self"))
     if embedder is not None:
-        jobs.append((OURS_FULL, embedder, False))
+        jobs.append((OURS_FULL, embedder, "tuned"))
         if dataset.self_calibrate:
-            jobs.append((OURS_FULL_SELF, embedder, True))
+            jobs.extend([(OURS_FULL_SELF, embedder, "self"), (OURS_FULL_FEW, embedder, "few")])
     chosen_peers = list(peers) if peers is not None else default_peers(embedder)
     bar = _bar(len(jobs) + len(chosen_peers), f"{dataset.name}: tune", progress)
     cache = cache if cache is not None else TuningCache()
     systems: list[FittedSystem] = []
-    for name, option, self_calibrated in jobs:
-        systems.append(cache.fitted(dataset, name, functools.partial(_fit_engine, name, dataset, option,
-                                                                     self_calibrated)))
+    for name, option, mode in jobs:
+        systems.append(cache.fitted(dataset, name, functools.partial(_fit_engine, name, dataset, option, mode)))
         bar(name)
     for peer in chosen_peers:
         systems.append(cache.fitted(dataset, peer.name, functools.partial(_fit_peer, peer, dataset)))

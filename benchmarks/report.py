@@ -456,7 +456,8 @@ def render(info: RunInfo, results: Sequence[DatasetResult], perf: dict[str, Any]
         _system_info(info),
         "## Headline: quality on the test splits\n\n"
         "Percentages on the held-out test split after tuning on the tuning split only "
-        "(bundled catalog, datasets `default` and `hard`: `corpora/queries/tune.jsonl` + `hard-tune.jsonl`, "
+        "(bundled catalog, datasets `default`, `hard` and `traffic`: `corpora/queries/tune.jsonl` + `hard-tune.jsonl` "
+        "+ `traffic-tune.jsonl`, "
         "as the shipped configs, tuned once and shared; CLINC150: `val.jsonl`). "
         "*in-scope acc.* counts an in-scope query as right only when the system commits to the right task "
         "(ours: `matched`; a peer: its top score clears its no-match threshold); *OOS recall* is the share "

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = os.getloadavg()
-    names = ["default", "hard"]
+    names = ["default", "hard", "traffic"]
     if not args.skip_clinc:
         if not (clinc_dir() / "labels.json").is_file():
             print(f"CLINC150 not found at {clinc_dir()} (set CLINC150_DIR or pass --skip-clinc)",

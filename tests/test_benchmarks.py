@@ -281,14 +281,15 @@ def _recording_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return read
 
 
-def test_default_and_hard_share_catalog_and_tuning_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_hard_and_traffic_share_catalog_and_tuning_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     read = _recording_reads(monkeypatch)
     default = datasets.load_dataset("default")
     hard = datasets.load_dataset("hard")
-    assert read == ["tune.jsonl", "hard-tune.jsonl"] * 2  # no test file before `test()`
-    assert hard.catalog.fingerprint == default.catalog.fingerprint
-    assert hard.tune == default.tune
-    assert len(default.tune) == 384 + 514 and not default.subset
+    traffic = datasets.load_dataset("traffic")
+    assert read == ["tune.jsonl", "hard-tune.jsonl", "traffic-tune.jsonl"] * 3  # no test file before `test()`
+    assert hard.catalog.fingerprint == default.catalog.fingerprint == traffic.catalog.fingerprint
+    assert hard.tune == default.tune == traffic.tune
+    assert len(default.tune) == 384 + 514 + 640 and not default.subset
     # `style` of the older corpus and `kind` of the hard one both land in `style`
     assert {q.style for q in default.tune[:384]} == {"short", "plain", "long", "jargon", "typo",
                                                      "paraphrase", "oos"}
@@ -306,6 +307,14 @@ def test_default_and_hard_share_catalog_and_tuning_rows(monkeypatch: pytest.Monk
         "negated", "other-action"}
     assert all(q.task_id is None or q.task_id in hard.catalog for q in test)
     assert len(default.test()) == 353 and read[-1] == "test.jsonl"
+
+    validation = traffic.test()
+    assert read[-1] == "traffic-dev.jsonl"
+    in_scope = [q for q in validation if q.in_scope]
+    assert (len(in_scope), len(validation) - len(in_scope)) == datasets.TRAFFIC_DEV_COUNTS == (406, 200)
+    assert "validation split" in traffic.description
+    shared = {q.text for q in validation} & {q.text for q in traffic.tune}
+    assert all(len(text.split()) <= 4 for text in shared)  # only terse lines such as "transcribe audio" recur
 
 
 def test_quick_hard_dataset_is_limited_like_default() -> None:
@@ -399,10 +408,14 @@ def test_self_calibrated_systems_are_fitted_from_the_catalog_alone() -> None:
     systems, configs, source = quality.tune_systems(dataset, _HashEmbedder(), peers=[])
     assert not loaded  # the test split is read only after every system is fitted
     assert [s.name for s in systems] == [quality.OURS_KEYWORD, quality.OURS_KEYWORD_SELF,
-                                         quality.OURS_FULL, quality.OURS_FULL_SELF]
+                                         quality.OURS_FULL, quality.OURS_FULL_SELF, quality.OURS_FULL_FEW]
     assert source == "matcher.tune on the tuning split"
     by_name = {s.name: s for s in systems}
     assert "self_calibrate" in by_name[quality.OURS_FULL_SELF].config_source
+    few = by_name[quality.OURS_FULL_FEW]
+    assert few.config_source == f"matcher.tune on a seeded sample of {len(_TINY_TUNE)} rows of the tuning split"
+    assert few.config is not None and few.config.tuning is not None
+    assert few.config.tuning["queries"] == min(quality.FEW_LABELS, len(_TINY_TUNE))
     assert configs[quality.OURS_KEYWORD_SELF].to_dict() == self_calibrate(dataset.catalog,
                                                                           semantic=False).to_dict()
     assert configs[quality.OURS_KEYWORD_SELF].to_dict() != configs[quality.OURS_KEYWORD].to_dict()
@@ -411,7 +424,7 @@ def test_self_calibrated_systems_are_fitted_from_the_catalog_alone() -> None:
     results = quality.evaluate(dataset, systems)
     assert loaded == ["four"]
     assert [r.name for r in results] == [quality.OURS_KEYWORD, quality.OURS_KEYWORD_SELF, quality.OURS_FULL,
-                                         quality.OURS_PEER_RULE, quality.OURS_FULL_SELF]
+                                         quality.OURS_PEER_RULE, quality.OURS_FULL_SELF, quality.OURS_FULL_FEW]
     assert all(len(r.test_preds) == len(_TINY_TEST) for r in results)
     # without the flag (the bundled catalog's datasets) no self-calibrated system is run
     plain, _, _ = quality.tune_systems(_four_task_dataset("plain", self_calibrate=False), None, peers=[])
