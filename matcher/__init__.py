@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import FieldWeights, MatcherConfig
 from .encoders import OnnxEmbedder
-from .engine import Matcher, default_config, match
+from .engine import Matcher, amatch, default_config, match
 from .errors import (
     CatalogError,
     CatalogWarning,
@@ -62,6 +62,7 @@ __all__ = [
     "TaskMatchCandidate",
     "UnknownTaskError",
     "__version__",
+    "amatch",
     "default_catalog",
     "default_config",
     "load_catalog",

@@ -37,7 +37,7 @@ from .text import normalize, split_negated, tokenize
 if TYPE_CHECKING:
     from .keyword import KeywordIndex
 
-__all__ = ["Matcher", "default_config", "match", "resolve_embedder"]
+__all__ = ["Matcher", "amatch", "default_config", "match", "resolve_embedder"]
 
 CAPABILITY_CATEGORY = "capability"
 SemanticOption = bool | Literal["auto", "onnx", "torch"] | Embedder
@@ -355,6 +355,13 @@ class Matcher:
         normalized = self._check(query, top_k)
         return self._result(query, self._score(normalized), top_k)
 
+    async def amatch(self, query: str, top_k: int = 5) -> TaskMatch:
+        """`match` for async code: it runs on a worker thread (`asyncio.to_thread`), so the event
+        loop goes on serving other tasks while the query is scored; same result, same errors."""
+        import asyncio  # here, not at import: `import matcher` stays light
+
+        return await asyncio.to_thread(self.match, query, top_k)
+
     def match_many(self, queries: Iterable[str], top_k: int = 5) -> list[TaskMatch]:
         """`match` for each query, in order; every result equals its one-by-one call."""
         batch = list(queries) if not isinstance(queries, str) else None
@@ -491,6 +498,13 @@ def _default_matcher() -> Matcher:
 def match(query: str, top_k: int = 5) -> TaskMatch:
     """Match `query` against the bundled default catalog with the default configuration."""
     return _default_matcher().match(query, top_k)
+
+
+async def amatch(query: str, top_k: int = 5) -> TaskMatch:
+    """`match` for async code, off the event loop (see `Matcher.amatch`)."""
+    import asyncio
+
+    return await asyncio.to_thread(match, query, top_k)
 
 
 def _tuned_for(config: MatcherConfig, catalog: Catalog) -> bool:

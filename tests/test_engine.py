@@ -403,3 +403,59 @@ def test_a_self_calibration_cache_folder_the_process_may_not_enter_only_warns(tm
     assert any("self-calibration cache" in m and "is unusable (cannot inspect it: Permission denied)" in m
                for m in messages), messages
     assert any("cannot cache the self-calibration" in m for m in messages), messages
+
+
+class HeldUntilTheLoopRuns(Matcher):
+    """A keyword-only matcher whose `match` waits for the event loop to run a callback meanwhile:
+    a match executed on the loop itself could never see that callback and would time out."""
+
+    def __init__(self) -> None:
+        super().__init__(matcher.default_catalog(), semantic=False)
+        self.loop_ran = threading.Event()
+        self.threads: list[int] = []
+
+    def match(self, query: str, top_k: int = 5) -> TaskMatch:
+        self.threads.append(threading.get_ident())
+        assert self.loop_ran.wait(10), "the event loop was blocked while the match ran"
+        return super().match(query, top_k)
+
+
+def test_amatch_runs_off_the_event_loop_and_equals_match(default_keyword_matcher: Matcher) -> None:
+    import asyncio
+
+    held = HeldUntilTheLoopRuns()
+
+    async def run() -> tuple[TaskMatch, int]:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(held.loop_ran.set)  # runs only if the loop is free while the match is scored
+        return await held.amatch("extract key fields from contracts", 3), threading.get_ident()
+
+    result, loop_thread = asyncio.run(run())
+    assert held.threads and held.threads[0] != loop_thread
+    assert result.to_dict() == default_keyword_matcher.match("extract key fields from contracts", 3).to_dict()
+
+
+def test_amatch_raises_what_match_raises(default_keyword_matcher: Matcher) -> None:
+    import asyncio
+
+    with pytest.raises(QueryError, match="empty"):
+        asyncio.run(default_keyword_matcher.amatch("   "))
+    with pytest.raises(ValueError, match="top_k"):
+        asyncio.run(default_keyword_matcher.amatch("invoices", 0))
+
+
+def test_module_level_amatch_uses_the_default_matcher_off_the_loop(monkeypatch: pytest.MonkeyPatch,
+                                                                   default_keyword_matcher: Matcher) -> None:
+    import asyncio
+
+    from matcher import engine
+
+    held = HeldUntilTheLoopRuns()
+    monkeypatch.setattr(engine, "_DEFAULT_MATCHER", held)  # keyword-only: no model to load here
+
+    async def run() -> TaskMatch:
+        asyncio.get_running_loop().call_soon(held.loop_ran.set)
+        return await matcher.amatch("pull line items and totals out of vendor invoices")
+
+    query = "pull line items and totals out of vendor invoices"
+    assert asyncio.run(run()).to_dict() == default_keyword_matcher.match(query).to_dict()
