@@ -66,6 +66,15 @@ class _Scored:
     normalized: str = ""
 
 
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a matcher's caches saved: see `Matcher.cache_info`."""
+
+    fuzzy_hits: int
+    fuzzy_misses: int
+    embeddings_from_cache: bool | None
+
+
 class Matcher:
     """Ranks the tasks of a catalog against free-text requests.
 
@@ -197,6 +206,13 @@ class Matcher:
                     _log.info("semantic index built: %d profiles in %.1f s", len(self._profiles),
                               time.perf_counter() - started)
         return self._semantic
+
+    def cache_info(self) -> CacheInfo:
+        """Hits and misses of the fuzzy word-lookup cache so far, and whether the task embeddings
+        came from the on-disk cache (None until the semantic index is built, or without one)."""
+        keyword, semantic = self._keyword, self._semantic
+        hits, misses = keyword.fuzzy_cache_info() if keyword is not None else (0, 0)
+        return CacheInfo(hits, misses, None if semantic is None else semantic.from_cache)
 
     def warm_up(self) -> None:
         """Build the keyword index and load the model and task embeddings now, not on first query."""

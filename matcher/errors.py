@@ -7,6 +7,7 @@ __all__ = [
     "CatalogWarning",
     "ConfigError",
     "ConfigWarning",
+    "LeaderboardError",
     "MatcherError",
     "QueryError",
     "SemanticUnavailableError",
@@ -63,6 +64,14 @@ class UnknownTaskError(MatcherError, KeyError):
 
 class ConfigError(MatcherError, ValueError):
     """A matcher configuration is invalid or a config file cannot be read."""
+
+
+class LeaderboardError(MatcherError, ValueError):
+    """Eval results or a leaderboards file cannot be used; `problems` lists each, with its line."""
+
+    def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = problems or (message,)
 
 
 class SemanticUnavailableError(MatcherError, ImportError):

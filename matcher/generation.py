@@ -8,13 +8,20 @@ the files once into a `Generation`, writes it to a snapshot file (`write`) and h
 the snapshot's path and the generation's fingerprint; each worker reads the snapshot (`read`),
 which refuses any other fingerprint. A worker that cannot serve its generation leaves a note
 (`report_failure`) for the parent to print (`reported_failures`) and stops, and the parent stops
-the server instead of restarting it. Serving a new catalog later (a reload) means a new
-generation, a new snapshot and a new fingerprint for the workers, by the same functions.
+the server instead of restarting it.
+
+A reload is a new generation in the same folder: a `GenerationStore` holds the snapshots and a
+pointer, ``current.json``, to the one to serve now. Whoever reloads (the parent on SIGHUP, a
+worker on the admin route) loads and validates the files, writes the snapshot and then replaces
+the pointer atomically, under a lock so two reloads never interleave; every worker watches the
+pointer and swaps to the generation it names, and a restarted worker starts on it. A generation
+also carries the catalog's leaderboards file, when there is one (`matcher.leaderboard`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -28,35 +35,47 @@ from .cachefiles import read_cache_file
 from .catalog import Catalog, default_catalog, load_catalog
 from .config import MatcherConfig
 from .errors import CatalogError, CatalogWarning
+from .leaderboard import Leaderboards, leaderboards_path
 
-__all__ = ["Generation", "report_failure", "reported_failures"]
+__all__ = ["Generation", "GenerationStore", "report_failure", "reported_failures"]
 
 GENERATION_FORMAT = "task-matcher-generation"
 GENERATION_VERSION = 1
 # A snapshot holds a whole catalog: at most a few catalog files' worth (16 MiB each).
 _MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 _FAILURE_SUFFIX = ".failed"
+_POINTER = "current.json"
+_LOCK = ".publish.lock"
 
 
 @dataclass(frozen=True)
 class Generation:
-    """A validated catalog and the config to match it with (None: the matcher's own choice)."""
+    """A validated catalog, the config to match it with (None: the matcher's own choice) and its
+    leaderboards file (None: the records' own boards only)."""
 
     catalog: Catalog
     config: MatcherConfig | None = None
+    leaderboards: Leaderboards | None = None
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the catalog's fingerprint and the config's settings: equal generations share it."""
+        """SHA-256 of the catalog's fingerprint, the config's settings and the boards: equal generations share it."""
         config = None if self.config is None else self.config.to_dict()
-        blob = json.dumps({"catalog": self.catalog.fingerprint, "config": config}, sort_keys=True)
+        boards = None if self.leaderboards is None else self.leaderboards.fingerprint
+        blob = json.dumps({"catalog": self.catalog.fingerprint, "config": config, "leaderboards": boards},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     @classmethod
-    def load(cls, catalog: Path | None = None, config: Path | None = None) -> Generation:
-        """Read and validate a catalog (default: the bundled one) and a config file, once."""
-        return cls(load_catalog(catalog) if catalog is not None else default_catalog(),
-                   MatcherConfig.load(config) if config is not None else None)
+    def load(cls, catalog: Path | None = None, config: Path | None = None,
+             leaderboards: Path | None = None) -> Generation:
+        """Read and validate a catalog (default: the bundled one), a config file and a leaderboards
+        file, once; without `leaderboards`, the catalog-side file (`leaderboards_path`) when it exists."""
+        tasks = load_catalog(catalog) if catalog is not None else default_catalog()
+        if leaderboards is None and catalog is not None and leaderboards_path(catalog).is_file():
+            leaderboards = leaderboards_path(catalog)
+        return cls(tasks, MatcherConfig.load(config) if config is not None else None,
+                   Leaderboards.load(leaderboards, tasks) if leaderboards is not None else None)
 
     def write(self, folder: Path) -> Path:
         """Write the snapshot file ``generation-<fingerprint>.json`` in `folder` (atomically, mode 0600)."""
@@ -64,17 +83,12 @@ class Generation:
                    for profile in self.catalog.profiles()]
         payload = {"format": GENERATION_FORMAT, "version": GENERATION_VERSION, "fingerprint": self.fingerprint,
                    "source": self.catalog.source, "catalog_fingerprint": self.catalog.fingerprint,
-                   "records": records, "config": None if self.config is None else self.config.to_dict()}
+                   "records": records, "config": None if self.config is None else self.config.to_dict(),
+                   "leaderboards": None if self.leaderboards is None else {
+                       "source": self.leaderboards.source, **self.leaderboards.to_dict()}}
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"generation-{self.fingerprint[:24]}.json"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, ensure_ascii=False, sort_keys=True)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_json(target, payload)
         return target
 
     @classmethod
@@ -104,7 +118,12 @@ class Generation:
             warnings.simplefilter("ignore", CatalogWarning)
             catalog = Catalog.from_records(_records(data, source), source=str(data.get("source", source)))
         config = None if data.get("config") is None else MatcherConfig.from_dict(data["config"], source=source)
-        generation = cls(catalog, config)
+        boards = data.get("leaderboards")
+        if boards is not None and not isinstance(boards, dict):
+            raise CatalogError(f"{source}: 'leaderboards' must be a boards file's content", source=source)
+        leaderboards = None if boards is None else Leaderboards(boards.get("boards") or {},
+                                                                source=str(boards.get("source", source)))
+        generation = cls(catalog, config, leaderboards)
         if catalog.fingerprint != data.get("catalog_fingerprint") or generation.fingerprint != fingerprint:
             raise CatalogError(f"{source}: its content does not match its fingerprint {fingerprint[:12]}: the "
                                "snapshot was altered", source=source)
@@ -116,6 +135,67 @@ def _records(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
     if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
         raise CatalogError(f"{source}: 'records' must be a list of task records", source=source)
     return records
+
+
+class GenerationStore:
+    """A folder of generation snapshots and the pointer to the one to serve now (see the module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def publish(self, generation: Generation) -> Path:
+        """Write `generation`'s snapshot and point at it; returns the snapshot. Older snapshots but
+        the one it replaces are removed (a worker still reading that one finishes its read)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / _LOCK, "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            previous = self._pointer_or_none()
+            snapshot = generation.write(self.folder)
+            _write_json(self.folder / _POINTER, {"fingerprint": generation.fingerprint, "snapshot": snapshot.name})
+            keep = {snapshot.name, *([previous[1].name] if previous is not None else [])}
+            for old in self.folder.glob("generation-*.json"):
+                if old.name not in keep:
+                    old.unlink(missing_ok=True)
+        return snapshot
+
+    def pointer(self) -> tuple[str, Path]:
+        """The fingerprint and snapshot path of the generation to serve now; `CatalogError` when unreadable."""
+        found = self._pointer_or_none()
+        if found is None:
+            raise CatalogError(f"{self.folder / _POINTER}: no catalog generation has been published here",
+                               source=str(self.folder))
+        return found
+
+    def current(self) -> Generation:
+        """The generation to serve now, read from its snapshot and checked against the pointer's fingerprint."""
+        fingerprint, snapshot = self.pointer()
+        return Generation.read(snapshot, fingerprint=fingerprint)
+
+    def _pointer_or_none(self) -> tuple[str, Path] | None:
+        path = self.folder / _POINTER
+        try:
+            blob = read_cache_file(path, max_bytes=4096)
+            if blob is None:
+                return None
+            data = json.loads(blob.decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"{path}: cannot read the generation pointer: {exc}", source=str(path)) from None
+        if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), str) \
+                or not isinstance(data.get("snapshot"), str) or "/" in data["snapshot"]:
+            raise CatalogError(f"{path}: not a generation pointer", source=str(path))
+        return data["fingerprint"], self.folder / data["snapshot"]
+
+
+def _write_json(target: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` to `target` atomically (mode 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, ensure_ascii=False, sort_keys=True)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def report_failure(snapshot: Path, reason: str) -> None:

@@ -142,6 +142,11 @@ class KeywordIndex:
         self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
         self._n = n
 
+    def fuzzy_cache_info(self) -> tuple[int, int]:
+        """Hits and misses of the fuzzy word-lookup cache so far."""
+        info = self._closest_word.cache_info()
+        return info.hits, info.misses
+
     def _closest_word_uncached(self, token: str) -> tuple[str, float] | None:
         """The catalog word nearest `token` by pinned `fuzz.ratio` (no processor), if above the cutoff."""
         hit = process.extractOne(token, self._surface_vocab, scorer=fuzz.ratio, processor=None,

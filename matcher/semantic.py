@@ -316,7 +316,7 @@ class SemanticIndex:
         self._starts = np.searchsorted(self._owner, np.arange(len(profiles)))
         settings = {"format": _CACHE_FORMAT, "model_id": embedder.model_id,
                     "fingerprint": fingerprint, "texts": "title+description,phrases"}
-        self._text_vectors = _cached_encode(texts, embedder, settings, cache_dir)
+        self._text_vectors, self.from_cache = _cached_encode(texts, embedder, settings, cache_dir)
         self._texts64 = self._text_vectors.astype(np.float64)
         centroids = np.add.reduceat(self._texts64, self._starts, axis=0)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
@@ -368,8 +368,9 @@ def _cache_key(settings: dict[str, Any], texts: Sequence[str]) -> str:
 
 
 def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str, Any],
-                   cache_dir: Path | None) -> FloatMatrix:
-    """Embeddings of `texts`, read from the on-disk cache when it passes every check of `_read_cache`."""
+                   cache_dir: Path | None) -> tuple[FloatMatrix, bool]:
+    """Embeddings of `texts`, read from the on-disk cache when it passes every check of `_read_cache`,
+    and whether they were."""
     key = _cache_key(settings, texts)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path = folder / f"embeddings-{key[:24]}.npz"
@@ -378,14 +379,14 @@ def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str,
     vectors = _read_cache(path, manifest, texts, embedder)
     if vectors is not None:
         _log.info("task embeddings read from the cache %s", path)
-        return vectors
+        return vectors, True
     _log.info("encoding %d profile texts with %s (no usable cache at %s)", len(texts),
               embedder.model_id, path)
     started = time.perf_counter()
     vectors = embedder.encode(texts)
     _log.info("encoded %d profile texts in %.1f s", len(texts), time.perf_counter() - started)
     _write_cache(path, manifest, vectors)
-    return vectors
+    return vectors, False
 
 
 def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> list[Path]:

@@ -67,12 +67,13 @@ import hmac
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -84,7 +85,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
@@ -92,10 +93,21 @@ from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task
 from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
-from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher
+from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, resolve_embedder
 from .errors import MatcherError, UnknownTaskError
-from .generation import Generation, report_failure, reported_failures
-from .semantic import THREADS_ENV, thread_count
+from .generation import Generation, GenerationStore, report_failure, reported_failures
+from .leaderboard import Leaderboards, board_body
+from .live import Live, Served
+from .observability import (
+    CONTENT_TYPE,
+    DECISIONS_LOGGER,
+    MULTIPROCESS_ENV,
+    DecisionLog,
+    Metrics,
+    mark_worker_dead,
+    route_label,
+)
+from .semantic import THREADS_ENV, Embedder, thread_count
 
 __all__ = [
     "MatchRequest",
@@ -103,7 +115,6 @@ __all__ = [
     "app_from_env",
     "create_app",
     "describe_validation_errors",
-    "leaderboard_body",
     "load_api_keys",
     "serve_in_background",
     "serve_main",
@@ -111,6 +122,9 @@ __all__ = [
 
 HEALTH_PATHS = ("/healthz", "/v1/health")
 MATCH_PATH = "/v1/tasks/match"
+ADMIN_RELOAD_PATH = "/v1/admin/reload"
+METRICS_PATH = "/metrics"
+GENERATION_HEADER = "X-Task-Matcher-Generation"
 # Matches run on their own small thread pool: keyword scoring holds the GIL, so more threads
 # do not help it, and concurrent model calls beyond a few per core oversubscribe the CPU
 # (measured on 2 cores: 2 to 8 threads served 10-35% more requests/s than the 40 of the
@@ -136,10 +150,13 @@ _ENV_CONFIG = "MATCHER_CONFIG"
 _ENV_SEMANTIC = "MATCHER_SEMANTIC"
 _ENV_KEYS = "MATCHER_API_KEYS"
 _ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
+_ENV_ADMIN_KEYS = "MATCHER_ADMIN_KEYS"
+_ENV_ADMIN_KEYS_FILE = "MATCHER_ADMIN_KEYS_FILE"
+_ENV_LEADERBOARDS = "MATCHER_LEADERBOARDS"
+_ENV_LOG_QUERIES = "MATCHER_LOG_QUERIES"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
 _ENV_MAX_CONCURRENCY = "MATCHER_MAX_CONCURRENCY"
 _ENV_GENERATION = "MATCHER_GENERATION"
-_ENV_GENERATION_FINGERPRINT = "MATCHER_GENERATION_FINGERPRINT"
 _ENV_TIMEOUTS = {"header_timeout": "MATCHER_HEADER_TIMEOUT", "body_timeout": "MATCHER_BODY_TIMEOUT",
                  "keep_alive_timeout": "MATCHER_KEEP_ALIVE_TIMEOUT"}
 _MAX_REPORTED_ERRORS = 5
@@ -251,6 +268,16 @@ class HealthBody(_Body):
     semantic: bool
 
 
+class ReloadBody(_Body):
+    """Body of ``POST /v1/admin/reload``: the generation served before and now (fingerprints)."""
+
+    status: Literal["reloaded", "unchanged"]
+    previous: str
+    generation: str
+    tasks: int
+    seconds: float
+
+
 class ErrorBody(_Body):
     """Every error body: FastAPI-style, with a human-readable message."""
 
@@ -261,105 +288,78 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-class _WarmUp:
-    """One app's warm-up, run once on a background thread; health and the match route read its state.
-
-    The lifespan only starts the thread, so uvicorn binds and serves while the index and model load.
-    A model load cannot be interrupted, so a shutdown during warm-up waits for it: while the
-    interpreter is whole (transformers' loader refuses work once exit has begun) and never by
-    leaving a daemon thread inside torch, which aborts the process when the interpreter exits.
-    """
-
-    def __init__(self, matcher: Matcher, *, keys_required: bool) -> None:
-        self._matcher = matcher
-        self._keys_required = keys_required
-        self._done = threading.Event()
-        self._started = False
-        self._start_lock = threading.Lock()
-        self.error: BaseException | None = None
-
-    @property
-    def status(self) -> Literal["ok", "starting", "failed"]:
-        """``starting`` until warm-up returns, then ``ok``, or ``failed`` if it raised."""
-        if not self._done.is_set():
-            return "starting"
-        return "failed" if self.error is not None else "ok"
-
-    def start(self) -> None:
-        """Start the warm-up thread unless it already ran or runs (an app served twice warms once)."""
-        with self._start_lock:
-            if self._started:
-                return
-            self._started = True
-        _log.info("task-matcher warming up %d tasks (semantic=%s) in the background; "
-                  "health answers 503 until it is ready", len(self._matcher.catalog),
-                  self._matcher.semantic_enabled)
-        threading.Thread(target=self._run, name="task-matcher-warm-up", daemon=False).start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until warm-up finished (successfully or not) or `timeout` seconds passed."""
-        return self._done.wait(timeout)
-
-    def _run(self) -> None:
-        started = time.perf_counter()
-        try:
-            self._matcher.warm_up()
-        except Exception as exc:  # reported by health and the log; the server keeps answering
-            self.error = exc
-            _log.exception("task-matcher warm-up failed; health and match answer 503")
-        else:
-            _log.info("task-matcher ready in %.1f s: %d tasks, semantic=%s, api keys %s",
-                      time.perf_counter() - started, len(self._matcher.catalog),
-                      self._matcher.semantic_enabled, "required" if self._keys_required else "off")
-        finally:
-            self._done.set()
-
-
-def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = (),
+def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[str] = (),
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> FastAPI:
-    """The API over `matcher` (default: the bundled catalog, ``semantic="auto"``).
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, leaderboards: Leaderboards | None = None,
+               admin_keys: Collection[str] = (), log_queries: bool = False) -> FastAPI:
+    """The API over `matcher` (default: the bundled catalog, ``semantic="auto"``), or over the
+    reloadable generation of a `Live` (what `ServerSettings.build_app` passes).
 
-    With `api_keys`, every route but health needs ``Authorization: Bearer <key>``. Bodies over
-    `max_body_bytes` get 413 before they are parsed. At most `max_concurrency` matches are in
-    flight; one more gets 503 with ``Retry-After`` at once instead of a place in a queue. The
-    lifespan start-up warms the matcher (index and model) on a background thread while the server
-    already answers (see the module docstring).
+    With `api_keys`, every route but health needs ``Authorization: Bearer <key>``. With
+    `admin_keys` (none may also be an API key) and a `Live` that can reload, ``POST
+    /v1/admin/reload`` reloads the catalog for a bearer admin key; without admin keys the route
+    does not exist. Bodies over `max_body_bytes` get 413 before they are parsed. At most
+    `max_concurrency` matches are in flight; one more gets 503 with ``Retry-After`` at once
+    instead of a place in a queue. `leaderboards` are the boards served beside the records' own
+    (a `Live` carries its generation's). Decision logs hold the query text only with `log_queries`.
+    The lifespan start-up warms the matcher (index and model) on a background thread while the
+    server already answers (see the module docstring).
     """
-    the_matcher = matcher if matcher is not None else Matcher()
-    if not isinstance(the_matcher, Matcher):
-        raise TypeError(f"matcher must be a Matcher, got {type(the_matcher).__name__}")
+    metrics = Metrics()
+    if isinstance(matcher, Live):
+        live = matcher
+        if leaderboards is not None:
+            raise ValueError("a Live generation carries its own leaderboards: pass them in its Generation")
+    else:
+        the_matcher = matcher if matcher is not None else Matcher()
+        if not isinstance(the_matcher, Matcher):
+            raise TypeError(f"matcher must be a Matcher or a Live, got {type(the_matcher).__name__}")
+        live = Live(Served.of(Generation(the_matcher.catalog, None, leaderboards), the_matcher), build=_cannot_build)
     for name, value in (("max_body_bytes", max_body_bytes), ("max_concurrency", max_concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     keys = _validated_keys(api_keys)
-    catalog = the_matcher.catalog
-    warm = _WarmUp(the_matcher, keys_required=bool(keys))
-    task_list = {"tasks": [task.to_dict(examples_n=0) for task in catalog.list()]}
+    admin = _validated_keys(admin_keys, what="admin key")
+    if set(admin) & set(keys):
+        raise ValueError("an admin key must not also be an API key: give the admin route keys of its own")
+    if admin and not live.can_reload:
+        raise ValueError("admin keys need a server that can reload its catalog (build it with ServerSettings)")
+    decisions = DecisionLog(log_queries=log_queries)
+    live.observe(metrics.served)
+    first = live.current
+    first_warm = first.warm
+    first_warm.keys_required = bool(keys)
+    first_warm.after(lambda: metrics.warmed(first.matcher))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        warm.start()
+        first_warm.start()
+        live.watch()
         yield
-        if warm.status == "starting":
+        live.stop()
+        if first_warm.status == "starting":
             _log.info("shutting down: waiting for the warm-up to finish (a model load cannot be interrupted)")
-            await anyio.to_thread.run_sync(warm.wait)
+            await anyio.to_thread.run_sync(first_warm.wait)
 
     app = FastAPI(title="task-matcher", version=_version(), lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Match plain-English job descriptions to benchmark tasks.")
-    app.state.warm_up = warm
+    app.state.live = live
+    app.state.metrics = metrics
     app.add_middleware(_RequestGate, keys=keys, max_body_bytes=max_body_bytes,
                        open_paths=frozenset(HEALTH_PATHS), capped=("POST", MATCH_PATH),
-                       admission=anyio.CapacityLimiter(max_concurrency))
+                       admission=anyio.CapacityLimiter(max_concurrency),
+                       admin_keys=admin, admin_paths=frozenset({ADMIN_RELOAD_PATH}) if admin else frozenset())
+    app.add_middleware(_Observe, metrics=metrics)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
 
     async def health() -> JSONResponse:
         """Readiness: 200 ``ok`` after warm-up, 503 ``starting`` before it or ``failed`` if it
         raised (on the event loop, so a busy thread pool never delays it)."""
-        status = warm.status
-        body = {"status": status, "tasks": len(catalog), "semantic": the_matcher.semantic_enabled}
-        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+        served = live.current
+        status = served.warm.status
+        body = {"status": status, "tasks": len(served.generation.catalog), "semantic": served.matcher.semantic_enabled}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503, headers=_generation_header(served))
 
     for path in HEALTH_PATHS:
         app.add_api_route(path, health, methods=["GET"], response_model=None, tags=["health"],
@@ -375,28 +375,40 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
                          413: _error("Body too large"), 415: _error("Body is not declared as JSON"),
                          422: _error("Invalid query or top_k"),
                          503: _error("Still warming up, or over capacity (see Retry-After); or warm-up failed")})
-    async def match_tasks(request: MatchRequest) -> JSONResponse:
+    async def match_tasks(request: MatchRequest, http: Request) -> JSONResponse:
         """Rank the catalog's tasks for a plain-English description of a job."""
-        status = warm.status
+        served = live.current  # this request's generation, whatever a reload swaps in meanwhile
+        status = served.warm.status
         if status == "starting":
             raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                                 detail="the matcher is still warming up (index and model); retry shortly")
         if status == "failed":
             raise HTTPException(status_code=503, detail="the matcher failed to warm up; see the server log")
+        metrics.in_flight.inc()
+        started = time.perf_counter()
         try:
-            result = await anyio.to_thread.run_sync(the_matcher.match, request.query, request.top_k,
+            result = await anyio.to_thread.run_sync(served.matcher.match, request.query, request.top_k,
                                                     limiter=match_slots)
         except (MatcherError, ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        return JSONResponse(result.to_dict())
+        finally:
+            metrics.in_flight.dec()
+        seconds = time.perf_counter() - started
+        metrics.matched(served.matcher, result, seconds)
+        decisions.record(request.query, request.top_k, result, seconds=seconds, generation=served.fingerprint)
+        outcome = http.scope.get(_OUTCOME)
+        if isinstance(outcome, dict):
+            outcome.update(type=result.type, matcher=result.matcher)
+        return JSONResponse(result.to_dict(), headers=_generation_header(served))
 
     @app.get("/v1/tasks", response_model=None, tags=["tasks"],
              responses={200: {"model": TaskListBody}})
     async def list_tasks() -> JSONResponse:
         """Every task of the catalog, without examples."""
-        return JSONResponse(task_list)
+        served = live.current
+        return JSONResponse(served.task_list, headers=_generation_header(served))
 
-    example_id = catalog.list()[0].id
+    example_id = first.generation.catalog.list()[0].id
 
     @app.get("/v1/tasks/{task_id}", response_model=None, tags=["tasks"],
              responses={200: {"model": TaskBody}, 404: _error("Unknown task id"),
@@ -406,49 +418,62 @@ def create_app(matcher: Matcher | None = None, *, api_keys: Collection[str] = ()
         examples_n: Annotated[int, Query(ge=0, description="Example items to include.")] = 0,
     ) -> JSONResponse:
         """One task's record with `examples_n` examples."""
-        return JSONResponse(_task(catalog, task_id).to_dict(examples_n=examples_n))
+        served = live.current
+        return JSONResponse(_task(served.generation.catalog, task_id).to_dict(examples_n=examples_n),
+                            headers=_generation_header(served))
 
     @app.get("/v1/tasks/{task_id}/leaderboard", response_model=None, tags=["tasks"],
              responses={200: {"model": LeaderboardBody}, 404: _error("Unknown task id")})
     async def task_leaderboard(
         task_id: str = PathParam(description="A catalog task id.", examples=[example_id]),
     ) -> JSONResponse:
-        """The models scored on a task, best quality first, with the recommended pick."""
-        return JSONResponse(leaderboard_body(_task(catalog, task_id)))
+        """The models scored on a task, best quality first (then cheaper, then by name), with the recommended pick."""
+        served = live.current
+        task = _task(served.generation.catalog, task_id)
+        return JSONResponse(board_body(task, served.generation.leaderboards), headers=_generation_header(served))
 
-    if keys:
-        _document_bearer_auth(app)
+    @app.get(METRICS_PATH, response_model=None, tags=["operations"], include_in_schema=True,
+             responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of this server (all workers' with several)."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    if admin:
+        @app.post(ADMIN_RELOAD_PATH, response_model=None, tags=["operations"],
+                  responses={200: {"model": ReloadBody}, 401: _error("Missing or invalid admin key"),
+                             422: _error("The new catalog, config or leaderboards file does not load"),
+                             500: _error("The new generation failed to warm up")})
+        async def reload_catalog() -> JSONResponse:
+            """Reload the catalog, config and leaderboards files; every worker swaps to them once warm."""
+            serving = live.current.fingerprint[:12]
+            try:
+                outcome = await anyio.to_thread.run_sync(live.reload)
+            except (MatcherError, ValueError, OSError) as exc:
+                metrics.reloads.labels("rejected").inc()
+                _log.warning("task-matcher reload rejected, still serving generation %s: %s", serving, exc)
+                raise HTTPException(status_code=422, detail=f"reload rejected: {exc}; still serving generation "
+                                                            f"{serving}") from None
+            except Exception:
+                metrics.reloads.labels("failed").inc()
+                _log.exception("task-matcher reload failed, still serving generation %s", serving)
+                raise HTTPException(status_code=500, detail=f"reload failed: the new generation did not warm up "
+                                                            f"(see the server log); still serving {serving}") from None
+            metrics.reloads.labels(outcome.status).inc()
+            return JSONResponse(outcome.to_dict(), headers=_generation_header(live.current))
+
+    if keys or admin:
+        _document_bearer_auth(app, admin_only=frozenset({ADMIN_RELOAD_PATH}) if admin else frozenset(),
+                              keys_required=bool(keys))
     return app
 
 
-def leaderboard_body(task: Task) -> dict[str, Any]:
-    """The leaderboard response for `task`: models by quality (desc, unscored last, ties by name).
-
-    `recommended` is the curated alias when the catalog sets one, else the best-scored ``open``
-    model, else None. A task without leaderboard data gets an empty board.
-    """
-    board: Mapping[str, Any] = task.leaderboard or {}
-    models = sorted((dict(m) for m in board.get("models", ())), key=_rank_key)
-    recommended = board.get("recommended")
-    if recommended is None:
-        scored_open = [m for m in models if m["kind"] == "open" and m.get("quality") is not None]
-        recommended = scored_open[0]["name"] if scored_open else None
-    frontier = board.get("frontier")
-    return {
-        "task_id": task.id,
-        "metric": board.get("metric", "quality"),
-        "cost_unit": board.get("cost_unit", "per_request"),
-        "recommended": recommended,
-        "models": models,
-        "frontier": None if frontier is None else dict(frontier),
-        "illustrative": bool(board.get("illustrative", False)),
-        "note": board.get("note"),
-    }
+def _cannot_build(_generation: Generation) -> Matcher:
+    raise MatcherError("this app serves a fixed matcher: build it with ServerSettings to reload")
 
 
-def _rank_key(model: Mapping[str, Any]) -> tuple[bool, float, str]:
-    quality = model.get("quality")
-    return (quality is None, -float(quality or 0.0), str(model["name"]))
+def _generation_header(served: Served) -> dict[str, str]:
+    """Which generation answered: a reload is visible response by response."""
+    return {GENERATION_HEADER: served.fingerprint[:16]}
 
 
 def _task(catalog: Catalog, task_id: str) -> Task:
@@ -502,37 +527,79 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _document_bearer_auth(app: FastAPI) -> None:
-    """Declare the bearer scheme in the OpenAPI document: required everywhere but health."""
+def _document_bearer_auth(app: FastAPI, *, admin_only: frozenset[str], keys_required: bool) -> None:
+    """Declare the bearer schemes in the OpenAPI document: API keys everywhere but health (when
+    set), admin keys on the admin routes."""
     schema = app.openapi()
-    schema.setdefault("components", {})["securitySchemes"] = {
-        "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key of this server."}
-    }
-    schema["security"] = [{"bearerAuth": []}]
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    if keys_required:
+        schemes["bearerAuth"] = {"type": "http", "scheme": "bearer", "description": "An API key of this server."}
+        schema["security"] = [{"bearerAuth": []}]
+    if admin_only:
+        schemes["adminBearerAuth"] = {"type": "http", "scheme": "bearer",
+                                      "description": "An admin key of this server (never an API key)."}
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             if path in HEALTH_PATHS:
                 operation["security"] = []
-            else:
+            elif path in admin_only or keys_required:
+                if path in admin_only:
+                    operation["security"] = [{"adminBearerAuth": []}]
                 operation.setdefault("responses", {})["401"] = {
-                    "description": "Missing or invalid API key",
+                    "description": f"Missing or invalid {'admin' if path in admin_only else 'API'} key",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
                 }
     components = schema["components"].setdefault("schemas", {})
     components.setdefault("ErrorBody", ErrorBody.model_json_schema())
 
 
-def _validated_keys(api_keys: Collection[str]) -> tuple[bytes, ...]:
+def _validated_keys(api_keys: Collection[str], *, what: str = "API key") -> tuple[bytes, ...]:
     if isinstance(api_keys, str):
-        raise TypeError("api_keys must be a collection of keys, not a single str")
+        raise TypeError(f"{what}s must be a collection of keys, not a single str")
     keys: list[bytes] = []
     for position, key in enumerate(api_keys, start=1):
         if not isinstance(key, str) or not key or not key.isascii() or not key.isprintable() \
                 or any(ch.isspace() for ch in key):
-            raise ValueError(f"API key #{position} must be a non-empty printable ASCII string "
+            raise ValueError(f"{what} #{position} must be a non-empty printable ASCII string "
                              "without spaces")
         keys.append(key.encode("ascii"))
     return tuple(keys)
+
+
+_OUTCOME = "task_matcher.outcome"
+
+
+class _Observe:
+    """Outermost ASGI layer: counts and times every HTTP request, refused ones included, by route
+    template, method and status; a match adds its outcome type and scoring path (set by the route
+    in the scope entry `_OUTCOME`)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        outcome: dict[str, str] = {}
+        scope = {**scope, _OUTCOME: outcome}
+        status = 500
+        started = time.perf_counter()
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route, method = route_label(scope["path"]), str(scope["method"])
+            self.metrics.request_seconds.labels(route, method).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, method, str(status), outcome.get("type", ""),
+                                         outcome.get("matcher", "")).inc()
 
 
 class _RequestGate:
@@ -552,9 +619,12 @@ class _RequestGate:
 
     def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...], max_body_bytes: int,
                  open_paths: frozenset[str], capped: tuple[str, str],
-                 admission: anyio.CapacityLimiter) -> None:
+                 admission: anyio.CapacityLimiter, admin_keys: tuple[bytes, ...] = (),
+                 admin_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.keys = keys
+        self.admin_keys = admin_keys
+        self.admin_paths = admin_paths
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
         self.capped = capped
@@ -565,8 +635,14 @@ class _RequestGate:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"][::-1])  # the first of repeated headers wins
-        if self.keys and scope["path"] not in self.open_paths:
-            problem = self._auth_problem(headers.get(b"authorization"))
+        if scope["path"] in self.admin_paths:  # admin keys only: an API key opens nothing here
+            problem = self._auth_problem(headers.get(b"authorization"), self.admin_keys, "admin key")
+            if problem is not None:
+                await _reject(scope, receive, send, 401, problem,
+                              {"WWW-Authenticate": 'Bearer realm="task-matcher admin"'})
+                return
+        elif self.keys and scope["path"] not in self.open_paths:
+            problem = self._auth_problem(headers.get(b"authorization"), self.keys, "API key")
             if problem is not None:
                 await _reject(scope, receive, send, 401, problem,
                               {"WWW-Authenticate": 'Bearer realm="task-matcher"'})
@@ -621,18 +697,19 @@ class _RequestGate:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _auth_problem(self, header: bytes | None) -> str | None:
+    @staticmethod
+    def _auth_problem(header: bytes | None, keys: tuple[bytes, ...], what: str) -> str | None:
         """Why the request is not authenticated, or None; compares against every key in constant time."""
         if header is None:
-            return "missing API key: send the header 'Authorization: Bearer <key>'"
+            return f"missing {what}: send the header 'Authorization: Bearer <key>'"
         scheme, _, token = header.strip().partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
             return "malformed Authorization header: expected 'Bearer <key>'"
         token = token.strip()
         matched = False
-        for key in self.keys:
+        for key in keys:
             matched |= hmac.compare_digest(token, key)
-        return None if matched else "invalid API key"
+        return None if matched else f"invalid {what}"
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _reject(scope, receive, send, 413,
@@ -668,32 +745,38 @@ def _version() -> str:
         return "0+unknown"
 
 
-def load_api_keys(env_value: str | None = None, keys_file: str | Path | None = None) -> tuple[str, ...]:
+def load_api_keys(env_value: str | None = None, keys_file: str | Path | None = None, *,
+                  variable: str = _ENV_KEYS, what: str = "API key") -> tuple[str, ...]:
     """Keys from a comma-separated string and/or a file with one key per line (blank and ``#`` lines skipped).
 
     A string (even an empty one) or a file that holds no key is an error: it would silently
-    switch authentication off. Only no setting at all (None) means an open API.
+    switch authentication off. Only no setting at all (None) means an open API (or, for admin
+    keys, no admin route). `variable` and `what` name the setting in messages.
     """
     keys = [part.strip() for part in (env_value or "").split(",") if part.strip()]
     if env_value is not None and not keys:
-        raise ValueError(f"{_ENV_KEYS} is set but holds no API key: set comma-separated keys, or unset it to run "
-                         "without keys")
+        raise ValueError(f"{variable} is set but holds no {what}: set comma-separated keys, or unset it to run "
+                         f"without {what}s")
     if keys_file is not None:
         path = Path(keys_file)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read API keys file {path}: {exc.__class__.__name__}") from None
+            raise ValueError(f"cannot read {what}s file {path}: {exc.__class__.__name__}") from None
         from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not from_file:
-            raise ValueError(f"API keys file {path} holds no keys (one key per line)")
+            raise ValueError(f"{what[0].upper()}{what[1:]}s file {path} holds no keys (one key per line)")
         keys.extend(from_file)
     return tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What a server process needs to build its app; read from ``MATCHER_*`` variables by workers."""
+    """What a server process needs to build its app; read from ``MATCHER_*`` variables by workers.
+
+    `generation` is the folder of a `GenerationStore` that workers serve from (the serve command
+    sets it for several workers); without it, the catalog, config and leaderboards files are read.
+    """
 
     catalog: Path | None = None
     config: Path | None = None
@@ -705,18 +788,24 @@ class ServerSettings:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
     generation: Path | None = None
-    generation_fingerprint: str | None = None
+    leaderboards: Path | None = None
+    admin_keys_file: Path | None = None
+    log_queries: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
-        """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_SEMANTIC``,
-        ``MATCHER_API_KEYS_FILE``, ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY`` and the
-        ``MATCHER_*_TIMEOUT`` variables, and the pinned generation, ``MATCHER_GENERATION`` and
-        ``MATCHER_GENERATION_FINGERPRINT`` (unset: defaults)."""
+        """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_LEADERBOARDS``,
+        ``MATCHER_SEMANTIC``, ``MATCHER_API_KEYS_FILE``, ``MATCHER_ADMIN_KEYS_FILE``,
+        ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY``, the ``MATCHER_*_TIMEOUT`` variables,
+        ``MATCHER_LOG_QUERIES`` (``1`` to log query text) and the generation store,
+        ``MATCHER_GENERATION`` (unset: defaults)."""
         env = os.environ if environ is None else environ
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
             raise ValueError(f"{_ENV_SEMANTIC} must be one of {', '.join(SEMANTIC_CHOICES)}; got {semantic!r}")
+        log_queries = env.get(_ENV_LOG_QUERIES) or "0"
+        if log_queries not in ("0", "1"):
+            raise ValueError(f"{_ENV_LOG_QUERIES} must be 0 or 1, got {log_queries!r}")
         return cls(
             catalog=_optional_path(env.get(_ENV_CATALOG)),
             config=_optional_path(env.get(_ENV_CONFIG)),
@@ -725,42 +814,63 @@ class ServerSettings:
             max_body_bytes=_positive_int(env, _ENV_MAX_BODY, DEFAULT_MAX_BODY_BYTES),
             max_concurrency=_positive_int(env, _ENV_MAX_CONCURRENCY, DEFAULT_MAX_CONCURRENCY),
             generation=_optional_path(env.get(_ENV_GENERATION)),
-            generation_fingerprint=env.get(_ENV_GENERATION_FINGERPRINT) or None,
+            leaderboards=_optional_path(env.get(_ENV_LEADERBOARDS)),
+            admin_keys_file=_optional_path(env.get(_ENV_ADMIN_KEYS_FILE)),
+            log_queries=log_queries == "1",
             **{name: _positive_seconds(env, variable, getattr(cls, name)) for name, variable in _ENV_TIMEOUTS.items()},
         )
 
     def to_env(self) -> dict[str, str]:
         """The variables `from_env` reads back (a key file's path, never the keys themselves)."""
         env = {_ENV_SEMANTIC: self.semantic, _ENV_MAX_BODY: str(self.max_body_bytes),
-               _ENV_MAX_CONCURRENCY: str(self.max_concurrency),
+               _ENV_MAX_CONCURRENCY: str(self.max_concurrency), _ENV_LOG_QUERIES: "1" if self.log_queries else "0",
                **{variable: repr(getattr(self, name)) for name, variable in _ENV_TIMEOUTS.items()}}
         for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
-                            (_ENV_KEYS_FILE, self.api_keys_file), (_ENV_GENERATION, self.generation)):
+                            (_ENV_KEYS_FILE, self.api_keys_file), (_ENV_GENERATION, self.generation),
+                            (_ENV_LEADERBOARDS, self.leaderboards), (_ENV_ADMIN_KEYS_FILE, self.admin_keys_file)):
             if value is not None:
                 env[name] = str(value.resolve())
-        if self.generation_fingerprint is not None:
-            env[_ENV_GENERATION_FINGERPRINT] = self.generation_fingerprint
         return env
 
+    def load_files(self) -> Generation:
+        """Read and validate the catalog, config and leaderboards files now (what a reload does)."""
+        return Generation.load(self.catalog, self.config, self.leaderboards)
+
     def load_generation(self) -> Generation:
-        """The catalog and config to serve: the pinned snapshot when there is one, else read from their files."""
+        """The generation to serve: the store's current one when there is a store, else read from the files."""
         if self.generation is not None:
-            if self.generation_fingerprint is None:
-                raise ValueError(f"{_ENV_GENERATION} needs {_ENV_GENERATION_FINGERPRINT}, the generation it pins")
-            return Generation.read(self.generation, fingerprint=self.generation_fingerprint)
-        return Generation.load(self.catalog, self.config)
+            return GenerationStore(self.generation).current()
+        return self.load_files()
+
+    def matcher_builder(self) -> Callable[[Generation], Matcher]:
+        """Makes the matcher of a generation; every generation of this process shares one embedder
+        (a reload loads no second model)."""
+        embedder: Embedder | None = resolve_embedder(SEMANTIC_CHOICES[self.semantic])
+
+        def build(generation: Generation) -> Matcher:
+            return Matcher(generation.catalog, semantic=embedder if embedder is not None else False,
+                           config=generation.config)
+
+        return build
 
     def build_matcher(self, generation: Generation | None = None) -> Matcher:
         """The matcher these settings describe, over `generation` (default: `load_generation()`)."""
-        served = generation if generation is not None else self.load_generation()
-        return Matcher(served.catalog, semantic=SEMANTIC_CHOICES[self.semantic], config=served.config)
+        return self.matcher_builder()(generation if generation is not None else self.load_generation())
 
     def build_app(self, environ: Mapping[str, str] | None = None, *, generation: Generation | None = None) -> FastAPI:
-        """The app: keys from ``MATCHER_API_KEYS`` in `environ` plus those in `api_keys_file`."""
+        """The app over a reloadable generation (default: `load_generation()`): API keys from
+        ``MATCHER_API_KEYS`` in `environ` plus those in `api_keys_file`, admin keys likewise from
+        ``MATCHER_ADMIN_KEYS`` and `admin_keys_file`."""
         env = os.environ if environ is None else environ
         keys = load_api_keys(env.get(_ENV_KEYS), self.api_keys_file)
-        return create_app(self.build_matcher(generation), api_keys=keys, max_body_bytes=self.max_body_bytes,
-                          max_concurrency=self.max_concurrency)
+        admin = load_api_keys(env.get(_ENV_ADMIN_KEYS), self.admin_keys_file, variable=_ENV_ADMIN_KEYS,
+                              what="admin key")
+        served = generation if generation is not None else self.load_generation()
+        build = self.matcher_builder()
+        store = GenerationStore(self.generation) if self.generation is not None else None
+        live = Live(Served.of(served, build(served)), build=build, load=self.load_files, store=store)
+        return create_app(live, api_keys=keys, max_body_bytes=self.max_body_bytes,
+                          max_concurrency=self.max_concurrency, admin_keys=admin, log_queries=self.log_queries)
 
     def uvicorn_config(self, app: ASGIApp | str, **options: Any) -> LimitedConfig:
         """uvicorn's config for `app` (an app or a factory's import path) with these connection timeouts."""
@@ -804,7 +914,7 @@ def app_from_env() -> FastAPI:
     except (MatcherError, ValueError, TypeError, ImportError, OSError) as exc:
         _log.error("task-matcher worker %d cannot serve: %s", os.getpid(), exc)
         if settings.generation is not None:
-            report_failure(settings.generation, str(exc))
+            report_failure(settings.generation / "worker", str(exc))
         raise SystemExit(STARTUP_FAILURE) from None
 
 
@@ -862,7 +972,8 @@ def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
                               name="task-matcher-server")
     thread.start()
     deadline = time.monotonic() + startup_timeout
-    warm = getattr(getattr(app, "state", None), "warm_up", None)
+    live = getattr(getattr(app, "state", None), "live", None)
+    warm = live.current.warm if isinstance(live, Live) else None
     try:
         while not server.started:
             if not thread.is_alive():
@@ -870,7 +981,7 @@ def serve_in_background(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the server did not start within {startup_timeout:g} s")
             time.sleep(0.01)
-        if wait_until_ready and isinstance(warm, _WarmUp):
+        if wait_until_ready and warm is not None:
             if not warm.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"the matcher did not warm up within {startup_timeout:g} s")
             if warm.error is not None:
@@ -889,7 +1000,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the task-matcher HTTP API (POST /v1/tasks/match and the catalog routes).",
         epilog="With --workers N, uvicorn binds the port once and N worker processes share it, each "
                "with its own matcher over the catalog and config read at start (later edits reach no "
-               "worker until a restart); they share the embedding cache (~/.cache/task-matcher, or "
+               "worker until a reload: SIGHUP to this process, or POST /v1/admin/reload with an admin key; "
+               "every worker then swaps to the new generation once it is warm, and a catalog that does "
+               "not load is refused while the old one keeps serving); they share the embedding cache "
+               "(~/.cache/task-matcher, or "
                "the directory in TASK_MATCHER_CACHE). API keys come from MATCHER_API_KEYS "
                "(comma-separated) and/or --api-keys-file; without either, the API is open, and a "
                "setting that holds no key refuses to start. Run it behind a reverse proxy in production.",
@@ -903,8 +1017,16 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"intra-op threads of the embedding model per request (default: ${THREADS_ENV}, "
                              "else 1; 0: the backend's own default); workers inherit it")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--leaderboards", type=Path,
+                        help="a leaderboards file (`task-matcher leaderboard import`; default: the catalog-side "
+                             "<catalog>.leaderboards.json when it exists)")
     parser.add_argument("--api-keys-file", type=Path,
                         help="file with one API key per line; keys then guard every route but health")
+    parser.add_argument("--admin-keys-file", type=Path,
+                        help="file with one admin key per line (or MATCHER_ADMIN_KEYS): turns on POST "
+                             "/v1/admin/reload, which takes only these keys; without admin keys the route is off")
+    parser.add_argument("--log-queries", action="store_true",
+                        help="put each query's text in the JSON decision logs (default: its length only)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"largest accepted request body (default {DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY,
@@ -931,10 +1053,15 @@ def _log_config(level: str) -> dict[str, Any]:
 
     uvicorn applies it in the supervisor and again in each worker process, so the library's
     warm-up lines (index, model, embeddings) show with one worker and with several. Access-log
-    lines go through `_RedactQueryStrings`.
+    lines go through `_RedactQueryStrings`; decision logs (``matcher.decisions``) print as bare
+    JSON lines.
     """
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["matcher"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config["formatters"]["json_lines"] = {"format": "%(message)s"}
+    config["handlers"]["decisions"] = {"class": "logging.StreamHandler", "formatter": "json_lines",
+                                       "stream": "ext://sys.stderr"}
+    config["loggers"][DECISIONS_LOGGER] = {"handlers": ["decisions"], "level": level.upper(), "propagate": False}
     config.setdefault("filters", {})["redact_query_strings"] = {"()": f"{__name__}._RedactQueryStrings"}
     config["handlers"]["access"]["filters"] = ["redact_query_strings"]
     return config
@@ -971,8 +1098,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         settings = ServerSettings(catalog=args.catalog, config=args.config, semantic=args.semantic,
                                   api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes,
                                   max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,
-                                  body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout)
-        generation = settings.load_generation()  # read and validated once, for every worker
+                                  body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                                  leaderboards=args.leaderboards, admin_keys_file=args.admin_keys_file,
+                                  log_queries=args.log_queries)
+        generation = settings.load_files()  # read and validated once, for every worker
         app = settings.build_app(generation=generation)  # fails fast on a bad catalog, config or keys file
     except (MatcherError, ValueError, TypeError, ImportError) as exc:
         print(f"task-matcher serve: error: {exc}", file=sys.stderr)
@@ -983,10 +1112,63 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
                               "log_level": args.log_level, "log_config": _log_config(args.log_level)}
     if args.workers == 1:
         server = uvicorn.Server(settings.uvicorn_config(app, **common))
+        live, metrics = app.state.live, app.state.metrics
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: threading.Thread(
+            target=_reload_on_signal, args=(live, metrics), name="task-matcher-reload", daemon=True).start())
         with suppress(KeyboardInterrupt):
             server.run()
         return 0 if server.started else 1
     return _serve_workers(settings, generation, args.workers, common)
+
+
+def _reload_on_signal(live: Live, metrics: Metrics | None) -> None:
+    """SIGHUP in a one-process server: reload, and log why not when the files do not load."""
+    _log.info("task-matcher received SIGHUP: reloading the catalog")
+    try:
+        outcome = live.reload()
+    except (MatcherError, ValueError, OSError) as exc:
+        _log.warning("task-matcher reload rejected, still serving generation %s: %s",
+                     live.current.fingerprint[:12], exc)
+        result = "rejected"
+    except Exception:
+        _log.exception("task-matcher reload failed, still serving generation %s", live.current.fingerprint[:12])
+        result = "failed"
+    else:
+        result = outcome.status
+    if metrics is not None:
+        metrics.reloads.labels(result).inc()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, with SIGHUP as a reload instead of a restart of every worker: the parent
+    loads and validates the files and publishes the new generation to the workers' store (a file
+    that does not load is logged and changes nothing); and dead workers' live gauges are dropped."""
+
+    def __init__(self, config: LimitedConfig, sockets: list[socket.socket], *, settings: ServerSettings,
+                 store: GenerationStore, metrics_dir: Path | None) -> None:
+        super().__init__(config, sockets)
+        self._settings = settings
+        self._store = store
+        self._metrics_dir = metrics_dir
+
+    def handle_hup(self) -> None:
+        _log.info("task-matcher received SIGHUP: reloading the catalog for every worker")
+        try:
+            generation = self._settings.load_files()
+            self._store.publish(generation)
+        except (MatcherError, ValueError, OSError) as exc:
+            _log.warning("task-matcher reload rejected, the workers keep their generation: %s", exc)
+            return
+        _log.info("task-matcher published generation %s (%d tasks); each worker swaps to it once warm",
+                  generation.fingerprint[:12], len(generation.catalog))
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        if self._metrics_dir is not None:
+            for pid in before - {process.pid for process in self.processes}:
+                if pid is not None:
+                    mark_worker_dead(pid, self._metrics_dir)
 
 
 def _serve_workers(settings: ServerSettings, generation: Generation, workers: int, common: dict[str, Any]) -> int:
@@ -999,14 +1181,20 @@ def _serve_workers(settings: ServerSettings, generation: Generation, workers: in
         print(f"task-matcher serve: error: cannot bind {common['host']}:{common['port']}: {exc}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="task-matcher-generation-") as folder:
-        snapshot = generation.write(Path(folder))
-        pinned = replace(settings, generation=snapshot, generation_fingerprint=generation.fingerprint)
+        store = GenerationStore(Path(folder))
+        store.publish(generation)
+        pinned = replace(settings, generation=store.folder)
         os.environ.update(pinned.to_env())  # the worker processes inherit these
+        metrics_dir: Path | None = None
+        if not os.environ.get(MULTIPROCESS_ENV):  # one folder of samples for all workers' /metrics
+            metrics_dir = store.folder / "metrics"
+            metrics_dir.mkdir()
+            os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
         config = pinned.uvicorn_config("matcher.server:app_from_env", factory=True, workers=workers, **common)
         _log.info("task-matcher serving catalog generation %s (%d tasks) on http://%s:%d with %d workers "
-                  "(Press CTRL+C to quit)", generation.fingerprint[:12], len(generation.catalog),
-                  common["host"], sock.getsockname()[1], workers)
-        supervisor = Multiprocess(config, sockets=[sock])
+                  "(Press CTRL+C to quit; SIGHUP reloads the catalog)", generation.fingerprint[:12],
+                  len(generation.catalog), common["host"], sock.getsockname()[1], workers)
+        supervisor = _Supervisor(config, sockets=[sock], settings=settings, store=store, metrics_dir=metrics_dir)
         try:
             supervisor.run()
         except KeyboardInterrupt:

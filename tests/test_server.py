@@ -485,7 +485,7 @@ def test_a_failed_warm_up_is_logged_and_reported(tmp_path: Path, caplog: pytest.
         assert response.status_code == 503
         assert "failed to warm up" in response.json()["detail"]
         assert "truncated" not in response.text  # the cause is in the log, not sent to clients
-    errors = [r for r in caplog.records if r.name == "matcher.server" and r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if r.name == "matcher.live" and r.levelno == logging.ERROR]
     assert errors and all(r.exc_info for r in errors)
 
 
