@@ -23,7 +23,7 @@ from .results import CandidateExplanation, TaskMatch
 
 __all__ = ["main"]
 
-_COMMANDS = ("match", "list", "show", "tune", "serve", "confusability")
+_COMMANDS = ("match", "list", "show", "tune", "serve", "confusability", "evaluate", "leaderboard")
 _TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 _SERVER_MODULES = frozenset({"fastapi", "uvicorn", "anyio", "starlette"})
 _SERVER_EXTRA_MISSING = ("task-matcher serve: error: the HTTP server needs the optional extra: "
@@ -77,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--limit", type=int, default=20, help="pairs to show (default 20)")
     conf.add_argument("--json", action="store_true", help="print the report as JSON")
     _catalog_options(conf)
+    board = sub.add_parser("leaderboard", help="build leaderboards from eval results")
+    board_sub = board.add_subparsers(dest="leaderboard_command", required=True)
+    imp = board_sub.add_parser("import", help="rank eval results into a catalog-side leaderboards file",
+                               description="Rank eval results (JSON lines of model, kind, task_id, quality, "
+                                           "cost_per_request_micro_usd, context_k) into boards: quality descending, "
+                                           "then cheaper, then by name; recommended is the curated pick if set, "
+                                           "else the top-ranked open model.")
+    imp.add_argument("results", type=Path, help="the eval results, one JSON object per line")
+    imp.add_argument("--out", type=Path,
+                     help="where to write the boards (default: <catalog>.leaderboards.json beside --catalog, "
+                          "which serve reads with the catalog)")
+    imp.add_argument("--recommend", action="append", default=[], metavar="TASK_ID=ALIAS",
+                     help="a curated pick for a task (repeatable); it must be a model on that task's board")
+    _catalog_options(imp)
     show = sub.add_parser("show", help="show one task's record")
     show.add_argument("task_id")
     show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
@@ -252,6 +266,8 @@ def _run(args: argparse.Namespace) -> int:
                       p.phrases[0][1][:60]) for p in pairs]
         print(_format_table(pair_rows, ("task pair", "phrases", "profile cosine", "e.g.")))
         return 0
+    if args.command == "leaderboard":
+        return _import_leaderboards(args)
     if args.command == "tune":
         from .tuning import load_labelled, tune
 
@@ -281,6 +297,30 @@ def _run(args: argparse.Namespace) -> int:
         print(_render_match(result))
         if args.explain:
             print(_render_explanations(matcher.explain(args.query, args.top_k)))
+    return 0
+
+
+def _import_leaderboards(args: argparse.Namespace) -> int:
+    """`task-matcher leaderboard import`: rank the results, write the boards file, print each board's pick."""
+    from .leaderboard import import_results, leaderboards_path, recommended
+
+    if args.out is None and args.catalog is None:
+        raise ValueError("--out is required with the bundled catalog (the boards file goes beside --catalog)")
+    picks: dict[str, str] = {}
+    for item in args.recommend:
+        task_id, sep, alias = item.partition("=")
+        if not sep or not task_id or not alias:
+            raise ValueError(f"--recommend takes TASK_ID=ALIAS, got {item!r}")
+        picks[task_id] = alias
+    boards = import_results(args.results, _catalog(args), recommend=picks)
+    out = args.out if args.out is not None else leaderboards_path(args.catalog)
+    _prepare_output(out)
+    boards.save(out)
+    rows = [(task_id, str(len(board["models"])), recommended(board) or "-",
+             board["frontier"]["name"] if board.get("frontier") else "-")
+            for task_id, board in sorted(boards.boards.items())]
+    print(_format_table(rows, ("task", "models", "recommended", "frontier")))
+    print(f"wrote {len(boards)} board{'s' if len(boards) != 1 else ''} to {out}")
     return 0
 
 

@@ -232,7 +232,7 @@ def test_leaderboard_of_an_illustrative_board(board_url: str) -> None:
         board = pa.tasks.leaderboard("invoice-extraction")
         recommended = pa.tasks.recommended("invoice-extraction")
     assert (board.task_id, board.metric, board.cost_unit) == ("invoice-extraction", "quality", "per_request")
-    # quality descending, ties by name, unscored rows last
+    # quality descending, then cheaper, then by name; unscored rows last
     assert [m.name for m in board.models] == ["frontier-a", "llama-2", "mistral-1", "qwen-1", "phi-1"]
     # the best-scored open model; llama-2 wins the tie with mistral-1 by name
     assert board.recommended == recommended == "llama-2"
