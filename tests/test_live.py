@@ -21,6 +21,7 @@ from matcher.generation import Generation, GenerationStore
 from matcher.live import Live, Served
 from matcher.server import GENERATION_HEADER, ServerSettings, create_app, serve_in_background
 
+from .test_observability import samples
 from .test_server import MATCHED, ServeProcess, serve_process, wait_for, worker_pids
 
 __all__ = ["serve_process"]  # the fixture, shared with test_server
@@ -267,6 +268,12 @@ def test_every_worker_reloads_under_load_with_no_error_and_nothing_lost(
             stop.set()
             for future in running:
                 future.result()
+
+        def counted() -> float:  # any worker's /metrics sums the samples of both
+            return sum(v for labels, v in samples(server.url, "task_matcher_requests_total")
+                       if labels["route"] in ("/v1/tasks", "/v1/tasks/match"))
+
+        wait_for(lambda: counted() == len(outcomes), 10, "every request counted in /metrics")
         assert worker_pids(server) == pids  # reloaded in place: no worker was restarted
     finally:
         stop.set()
