@@ -4,7 +4,7 @@ Every peer sees the same profiles as the engine (tasks *and* out-of-scope profil
 default catalog's ``unsupported-*``): a query whose best profile is out-of-scope is a no-match
 for the peer too, exactly as for the engine. Each peer returns a (queries x profiles) score
 matrix; the harness turns it into rankings over tasks and tunes the peer's no-match threshold
-on the tuning split (`benchmarks.metrics.balanced_threshold`).
+on the tuning split (`matcher.metrics.balanced_threshold`).
 
 Peers:
 

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 
 from matcher import Catalog, Embedder, Matcher, MatcherConfig, TaskMatch
+from matcher.metrics import Prediction, balanced_threshold, latency_summary, precision_threshold
 from matcher.text import normalize
 
 from .datasets import Dataset, LabelledQuery
 from .embeddings import CachingEmbedder
-from .metrics import Prediction, balanced_threshold, latency_summary, precision_threshold
 from .peers import EmbeddingPeer, Peer, default_peers, embedding_texts, rank_tasks
 
 __all__ = [

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics as m
+from matcher import metrics as m
+
 from .quality import OURS_FULL, OURS_KEYWORD, OURS_PEER_RULE, DatasetResult, SystemResult
 
 __all__ = ["PUBLISHED", "RunInfo", "encoder_section", "render"]

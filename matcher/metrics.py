@@ -1,5 +1,7 @@
 """Metric functions over per-query predictions; pure, deterministic and unit-tested.
 
+Used by `task-matcher evaluate` (`matcher.evaluation`), the benchmarks and the tuning notebook.
+
 A `Prediction` is what any system (our engine or a peer) said about one labelled query: its
 ranking, the top score, whether it *accepted* the top task as the answer (our engine:
 ``matched``; a peer: its top score clears a threshold tuned on the tuning split), and for our
