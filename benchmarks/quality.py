@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from matcher import Catalog, Embedder, Matcher, MatcherConfig, TaskMatch
-from matcher.metrics import Prediction, balanced_threshold, latency_summary, precision_threshold
+from matcher import Catalog, Embedder, Matcher, MatcherConfig
+from matcher.metrics import Prediction, balanced_threshold, latency_summary, precision_threshold, prediction
 from matcher.text import normalize
 
 from .datasets import Dataset, LabelledQuery
@@ -98,23 +98,10 @@ def self_calibrated_config(catalog: Catalog, semantic: bool | Embedder) -> tuple
             "matcher.tuning.self_calibrate on the catalog alone (no labelled queries)")
 
 
-def _prediction(gold: str | None, result: TaskMatch) -> Prediction:
-    top = result.candidates[0] if result.candidates else None
-    return Prediction(
-        gold=gold,
-        ranking=tuple(c.task_id for c in result.candidates),
-        top_score=top.score if top is not None else 0.0,
-        accepted=result.matched,
-        tier=top.confidence if top is not None else None,
-        ambiguous=result.ambiguous,
-        path=result.matcher,
-    )
-
-
 def engine_predictions(engine: Matcher, queries: Sequence[LabelledQuery]) -> list[Prediction]:
     """One `Prediction` per query from `Matcher.match_many` (top 5 candidates)."""
     results = engine.match_many([q.text for q in queries], top_k=TOP_K)
-    return [_prediction(q.task_id, r) for q, r in zip(queries, results, strict=True)]
+    return [prediction(q.task_id, r) for q, r in zip(queries, results, strict=True)]
 
 
 @dataclass

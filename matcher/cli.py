@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from . import __version__
 from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import MatcherConfig
-from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, SemanticOption, resolve_embedder
+from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, SemanticOption, default_config, resolve_embedder
 from .errors import MatcherError
 from .results import CandidateExplanation, TaskMatch
 
@@ -72,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--labelled-only", action="store_true",
                       help="fit to the labelled queries alone, without the catalog's held-out phrases as a prior")
     _catalog_options(tune)
+    ev = sub.add_parser("evaluate", help="measure the matcher on your labelled queries and write a report",
+                        description="Match labelled queries and write per-task precision, recall and F1, confusion "
+                                    "pairs, misclassified examples, tiers, a reliability diagram and a threshold "
+                                    "sweep (PNG, with the 'evaluate' extra) and a Markdown report into --out.")
+    ev.add_argument("labelled", type=Path, nargs="+",
+                    help='one or more files of JSON lines {"text": ..., "task_id": id or null}')
+    ev.add_argument("--out", type=Path, required=True, help="the folder to write the report into")
+    ev.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one, or the "
+                                                "catalog's self-calibration)")
+    ev.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto", help=SEMANTIC_HELP)
+    ev.add_argument("--top-k", type=int, default=5, help="candidates per query (recall@k; default 5)")
+    ev.add_argument("--no-plots", action="store_true", help="skip the PNG figures (no matplotlib needed)")
+    _threads_option(ev)
+    _catalog_options(ev)
     sub.add_parser("serve", help="run the HTTP API (see task-matcher serve --help)", add_help=False)
     conf = sub.add_parser("confusability", help="task pairs whose profiles overlap, and the phrases causing it")
     conf.add_argument("--limit", type=int, default=20, help="pairs to show (default 20)")
@@ -266,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
                       p.phrases[0][1][:60]) for p in pairs]
         print(_format_table(pair_rows, ("task pair", "phrases", "profile cosine", "e.g.")))
         return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "leaderboard":
         return _import_leaderboards(args)
     if args.command == "tune":
@@ -297,6 +313,36 @@ def _run(args: argparse.Namespace) -> int:
         print(_render_match(result))
         if args.explain:
             print(_render_explanations(matcher.explain(args.query, args.top_k)))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """`task-matcher evaluate`: match the labelled queries, write the report, print its summary."""
+    from .evaluation import evaluate, write_report
+    from .tuning import load_labelled
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(args.out))
+    labelled = [row for path in args.labelled for row in load_labelled(path)]
+    config = MatcherConfig.load(args.config) if args.config else None
+    engine = Matcher(_catalog(args), semantic=SEMANTIC_CHOICES[args.semantic], config=config, threads=args.threads)
+    if not args.no_plots:
+        from .evaluation import require_plots
+
+        require_plots()  # matplotlib missing: say so before any query is matched
+    source = str(args.config) if args.config else (
+        "shipped, tuned for this catalog" if engine.config is default_config(semantic=engine.semantic_enabled)
+        else "self-calibrated from the catalog's phrases")
+    result = evaluate(engine, labelled, top_k=args.top_k, sources=[str(p) for p in args.labelled],
+                      config_source=source)
+    written = write_report(result, args.out, plots=not args.no_plots)
+    s = result.summary
+    print(f"{len(result.predictions)} queries: top-1 {100 * s['top1']:.1f}%, answered right "
+          f"{100 * s['answered_right']:.1f}%, high precision {100 * s['high_precision']:.1f}%, "
+          f"OOS recall {100 * s['oos_recall']:.1f}%")
+    print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     return 0
 
 

@@ -26,9 +26,13 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .results import TaskMatch
 
 __all__ = [
     "TIERS",
@@ -53,8 +57,10 @@ __all__ = [
     "precision_at_accuracy",
     "precision_curve",
     "precision_threshold",
+    "prediction",
     "recall_at_k",
     "reliability_curve",
+    "threshold_sweep",
     "tier_stats",
     "top1_accuracy",
 ]
@@ -86,6 +92,20 @@ class Prediction:
     def answer(self) -> str | None:
         """The task the system commits to: its top task if accepted, else None (no match)."""
         return self.ranking[0] if self.accepted and self.ranking else None
+
+
+def prediction(gold: str | None, result: TaskMatch) -> Prediction:
+    """Our engine's answer as a `Prediction`: its ranking, top score and tier; accepted when `matched`."""
+    top = result.candidates[0] if result.candidates else None
+    return Prediction(
+        gold=gold,
+        ranking=tuple(c.task_id for c in result.candidates),
+        top_score=top.score if top is not None else 0.0,
+        accepted=result.matched,
+        tier=top.confidence if top is not None else None,
+        ambiguous=result.ambiguous,
+        path=result.matcher,
+    )
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -394,6 +414,27 @@ def precision_at_accuracy(preds: Sequence[Prediction], target: float) -> float:
     precision, accuracy = precision_curve(preds)
     reached = precision[(accuracy >= target - 1e-12) & ~np.isnan(precision)]
     return float(reached.max()) if len(reached) else math.nan
+
+
+def threshold_sweep(preds: Sequence[Prediction], thresholds: Sequence[float]
+                    ) -> list[tuple[float, float, float, float, float]]:
+    """At each threshold t, accepting the top task when its score is >= t: (t, precision of the
+    accepted answers, coverage of all queries, in-scope accuracy, out-of-scope recall).
+
+    Precision is NaN where nothing is accepted; an accepted out-of-scope query is a wrong answer.
+    """
+    scores = np.asarray([p.top_score for p in preds], dtype=np.float64)
+    right = np.asarray([p.correct for p in preds], dtype=bool)
+    in_scope = np.asarray([p.gold is not None for p in preds], dtype=bool)
+    n_in, n_oos = int(in_scope.sum()), int((~in_scope).sum())
+    rows = []
+    for t in thresholds:
+        accepted = scores >= t
+        taken = int(accepted.sum())
+        rows.append((float(t), _ratio(int((right & accepted).sum()), taken), _ratio(taken, len(preds)),
+                     _ratio(int((right & accepted & in_scope).sum()), n_in),
+                     _ratio(int((~accepted & ~in_scope).sum()), n_oos)))
+    return rows
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> tuple[float, float, int]:
