@@ -76,6 +76,14 @@ def _free_port() -> int:
 @contextmanager
 def running_server(semantic: str, workers: int, cache_dir: Path, extra: Sequence[str] = ()) -> Iterator[str]:
     """A `task-matcher serve` child process (with `extra` options); yields its URL once /healthz answers ``ok``."""
+    with server_process(semantic, workers, cache_dir, extra) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(semantic: str, workers: int, cache_dir: Path,
+                   extra: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`running_server`, yielding the child process too (to signal it)."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
            "TASK_MATCHER_CACHE": str(cache_dir)}
@@ -87,7 +95,7 @@ def running_server(semantic: str, workers: int, cache_dir: Path, extra: Sequence
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(url, process, log)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:

@@ -4,8 +4,9 @@ Runs, in order: the bundled catalog on `default` and `hard` (one tuning, two tes
 CLINC150 with K = 5, 10 and all training utterances per intent (our engine keyword-only and full,
 tuned and self-calibrated, and every peer, tuned on the tuning split and measured on the test
 split), then import time, peak memory and the scaling run in fresh processes, the loopback HTTP load
-benchmark, the server under attack (`benchmarks/attack.py`) and the encoder benchmark (torch against
-ONNX Runtime, int8 measured, the latency tail under CPU load).
+benchmark, the server under attack (`benchmarks/attack.py`), hot reload under load
+(`benchmarks/reload.py`) and the encoder benchmark (torch against ONNX Runtime, int8 measured, the
+latency tail under CPU load).
 Progress bars go to stderr. `--quick` is a small, fast subset (CLINC with 20 seeded intents, a
 short scaling run) that prints the Markdown instead of overwriting RESULTS.md.
 """
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-load", action="store_true", help="skip the loopback HTTP load benchmark")
     parser.add_argument("--no-attack", action="store_true",
                         help="skip the benchmark of the server under attack (`benchmarks/attack.py`)")
+    parser.add_argument("--no-reload", action="store_true",
+                        help="skip the benchmark of hot reload under load (`benchmarks/reload.py`)")
     parser.add_argument("--no-encoders", action="store_true",
                         help="skip the encoder benchmark (torch against ONNX Runtime, the tail under CPU load)")
     parser.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
@@ -119,6 +122,11 @@ def _http_load(overall: Any) -> str:
 def _attack(overall: Any) -> str:
     """The server under attack (`benchmarks/attack.py`) in a fresh process, as Markdown."""
     return _section(overall, "under attack", "benchmarks.attack")
+
+
+def _reload_under_load(overall: Any) -> str:
+    """Hot reload under load (`benchmarks/reload.py`) in a fresh process, as Markdown."""
+    return _section(overall, "reload under load", "benchmarks.reload")
 
 
 def _section(overall: Any, label: str, module: str) -> str:
@@ -197,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         perf_results["encoders"] = encoders.run(quick=args.quick, progress=encoder_tick)
     load_report = "" if args.no_load or args.quick else _http_load(overall)
     attack_report = "" if args.no_attack or args.quick else _attack(overall)
+    reload_report = "" if args.no_reload or args.quick else _reload_under_load(overall)
     overall.close()
 
     load_after = os.getloadavg()
@@ -223,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if attack_report:
         markdown = markdown.rstrip("\n") + "\n\n" + attack_report.replace(
             "## task-matcher under attack", "## Under attack (`python -m benchmarks.attack`)", 1) + "\n"
+    if reload_report:
+        markdown = markdown.rstrip("\n") + "\n\n" + reload_report.replace(
+            "## task-matcher reload under load", "## Reload under load (`python -m benchmarks.reload`)", 1) + "\n"
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is None:
         sys.stdout.write(markdown)

@@ -414,3 +414,18 @@ def test_encoder_section_prints_ratios_within_the_run() -> None:
     assert "| short (<= 10 words) | onnx | 9.00 | 12.00 | — | 0.45 |" in text
     assert "| int8 | 0.9600000 | 0.9000000 | 1 / 0 | **no** |" in text
     assert "| library default | 1 | 10 | 10.00 | 40.00 | 40.00 | 4.00 | 4.0 |" in text
+
+
+def test_reload_section_counts_errors_and_splits_latency_by_reload_window() -> None:
+    from benchmarks import reload
+
+    run = reload.Run("keyword-only", latencies=[(0.0, 10.0), (1.0, 12.0), (5.0, 30.0), (20.0, 11.0)], requests=5,
+                     errors=["503: warming up"], generations={"abcdef0123456789": 4},
+                     reloads=[("admin route", 4.0, 2.0), ("SIGHUP", 10.0, 1.0)])
+    assert run.quiet() == [10.0, 12.0] and run.during_reloads() == [30.0]
+    text = reload.render([run])
+    assert "| **reload under load: errors** | **1** of 5 requests |" in text
+    assert "| reloads (admin route / SIGHUP) | 1 / 1 |" in text
+    assert "| time until every worker serves the new generation, median / max | 1.50 s / 2.00 s |" in text
+    assert "| latency median / p99, quiet | 11.0 / 12.0 ms |" in text
+    assert "| latency median / p99, while reloading | 30.0 / 30.0 ms |" in text
