@@ -10,6 +10,9 @@ Routes (bodies are the library's own `to_dict()` output, so keys the library add
 - ``GET /v1/tasks`` -> ``{"tasks": [...]}``; ``GET /v1/tasks/{task_id}?examples_n=N`` -> one record
 - ``GET /v1/tasks/{task_id}/leaderboard`` -> the task's ranked models (empty board without data)
 - ``GET /healthz`` and ``GET /v1/health`` -> ``{"status", "tasks", "semantic"}``; 503 until warm
+- ``GET /metrics``: Prometheus text (`matcher.observability`)
+- ``POST /v1/admin/reload`` (only with admin keys, and only for them): reload the catalog files
+  (`matcher.live`); 422 with the loader's error when they do not load, the old generation serving on
 - ``GET /openapi.json``: the OpenAPI schema. ``/docs`` and ``/redoc`` are off: Swagger UI and ReDoc
   load their scripts from a CDN (no pinned package ships them), so they would be blank offline.
 
@@ -32,14 +35,20 @@ logged with its traceback, and health and match then answer 503 ``{"status": "fa
 ``{"detail": ...}`` for the rest of the process's life.
 
 Logs: the library logs its slow steps (index build, model load, embedding or cache read) at INFO
-on the ``matcher`` loggers; ``serve`` prints them, with uvicorn's own, at ``--log-level``.
+on the ``matcher`` loggers; ``serve`` prints them, with uvicorn's own, at ``--log-level``, and each
+match as one JSON line on ``matcher.decisions`` (the query text only with ``--log-queries``).
+
+Reload: every request reads the served generation once (`matcher.live.Live.current`) and answers
+from it, with its fingerprint in the ``X-Task-Matcher-Generation`` header; SIGHUP and the admin
+route load, warm and swap a new one while the old one serves.
 
 Several workers: ``task-matcher serve --workers N`` binds the port once in a supervisor process
 and uvicorn's `Multiprocess` supervisor hands the listening socket to N worker processes (and
 restarts any that die); the kernel spreads connections over them. The supervisor reads and
-validates the catalog and config once, and every worker, a restarted one too, serves that
-generation from a private snapshot pinned by its fingerprint (`matcher.generation`), so an edit
-to the files never puts two catalogs behind one port. A worker that cannot start (its snapshot,
+validates the catalog and config once, and every worker, a restarted one too, serves the
+generation its private store points at (`matcher.generation`), so an edit to the files never puts
+two catalogs behind one port; a reload (SIGHUP to the supervisor, or the admin route in any worker)
+publishes a new generation there, which every worker swaps to once warm. A worker that cannot start (its snapshot,
 its keys file or its model cannot be loaded) exits with uvicorn's start-up failure status, and
 the supervisor stops the server with that error instead of restarting the worker in a loop. Each
 worker calls `app_from_env` (settings travel as ``MATCHER_*`` environment variables, API keys
