@@ -170,6 +170,12 @@ class Matcher:
         return self._gate
 
     @property
+    def embedder(self) -> Embedder | None:
+        """The embedding backend of the semantic backstop (None: keyword-only); another matcher given it
+        as `semantic` shares its model."""
+        return self._embedder
+
+    @property
     def semantic_enabled(self) -> bool:
         """Whether the embedding backstop is part of this matcher."""
         return self._embedder is not None

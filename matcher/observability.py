@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ _ROUTES = (
     ("/openapi.json", "/openapi.json"),
 )
 _TOP_LOGGED = 3
+_SCRAPE_ATTEMPTS = 5
 DECISIONS_LOGGER = "matcher.decisions"
 
 
@@ -70,7 +72,7 @@ class Metrics:
         env = os.environ if environ is None else environ
         folder = env.get(MULTIPROCESS_ENV)
         self.multiprocess = bool(folder)
-        self._registry = CollectorRegistry(auto_describe=True)
+        self._registry = CollectorRegistry()
         if folder:
             prometheus_multiprocess.MultiProcessCollector(self._registry, path=folder)  # type: ignore[no-untyped-call]
         target = None if folder else self._registry
@@ -95,7 +97,16 @@ class Metrics:
         self._lock = threading.Lock()
 
     def exposition(self) -> bytes:
-        """The text format a Prometheus scrape reads."""
+        """The text format a Prometheus scrape reads.
+
+        A worker that is starting creates its samples file empty and then sizes it; a scrape that
+        reads it in between fails to unpack it, so it is read again a moment later.
+        """
+        for _ in range(_SCRAPE_ATTEMPTS - 1):
+            try:
+                return generate_latest(self._registry)
+            except struct.error:
+                time.sleep(0.05)
         return generate_latest(self._registry)
 
     def served(self, old: Any, new: Any) -> None:

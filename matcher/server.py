@@ -102,7 +102,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task
 from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
-from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, resolve_embedder
+from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher
 from .errors import MatcherError, UnknownTaskError
 from .generation import Generation, GenerationStore, report_failure, reported_failures
 from .leaderboard import Leaderboards, board_body
@@ -852,13 +852,19 @@ class ServerSettings:
         return self.load_files()
 
     def matcher_builder(self) -> Callable[[Generation], Matcher]:
-        """Makes the matcher of a generation; every generation of this process shares one embedder
-        (a reload loads no second model)."""
-        embedder: Embedder | None = resolve_embedder(SEMANTIC_CHOICES[self.semantic])
+        """Makes the matcher of a generation; later generations share the first one's embedder (a
+        reload loads no second model). The first resolves the `semantic` option itself, so building it
+        loads no model: that waits for the warm-up, after the port is open."""
+        shared: list[Embedder | None] = []
 
         def build(generation: Generation) -> Matcher:
-            return Matcher(generation.catalog, semantic=embedder if embedder is not None else False,
-                           config=generation.config)
+            if shared:
+                embedder = shared[0]
+                return Matcher(generation.catalog, semantic=embedder if embedder is not None else False,
+                               config=generation.config)
+            first = Matcher(generation.catalog, semantic=SEMANTIC_CHOICES[self.semantic], config=generation.config)
+            shared.append(first.embedder)
+            return first
 
         return build
 
