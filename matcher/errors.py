@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BatchError",
     "CatalogError",
     "CatalogWarning",
     "ConfigError",
@@ -63,6 +64,12 @@ class UnknownTaskError(MatcherError, KeyError):
 
 class ConfigError(MatcherError, ValueError):
     """A matcher configuration is invalid or a config file cannot be read."""
+
+
+class BatchError(MatcherError, ValueError):
+    """A batch run cannot start or go on: an unreadable input or output, a missing column, a missing
+    extra, or an unfinished run of other settings in the way. Bad rows are not errors: they are
+    written to the run's errors file."""
 
 
 class SemanticUnavailableError(MatcherError, ImportError):
