@@ -4,8 +4,10 @@ Runs, in order: the bundled catalog on `default` and `hard` (one tuning, two tes
 CLINC150 with K = 5, 10 and all training utterances per intent (our engine keyword-only and full,
 tuned and self-calibrated, and every peer, tuned on the tuning split and measured on the test
 split), then import time, peak memory and the scaling run in fresh processes, the loopback HTTP load
-benchmark, the server under attack (`benchmarks/attack.py`) and the encoder benchmark (torch against
-ONNX Runtime, int8 measured, the latency tail under CPU load).
+benchmark, the server under attack (`benchmarks/attack.py`), the encoder benchmark (torch against
+ONNX Runtime, int8 measured, the latency tail under CPU load) and batch matching at scale
+(`benchmarks/batch.py`: 100,000 requests through `task-matcher batch` with 1 and 2 workers and on
+a local Ray instance).
 Progress bars go to stderr. `--quick` is a small, fast subset (CLINC with 20 seeded intents, a
 short scaling run) that prints the Markdown instead of overwriting RESULTS.md.
 """
@@ -60,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-load", action="store_true", help="skip the loopback HTTP load benchmark")
     parser.add_argument("--no-attack", action="store_true",
                         help="skip the benchmark of the server under attack (`benchmarks/attack.py`)")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="skip batch matching at scale (`benchmarks/batch.py`: 100,000 requests with 1 and 2 "
+                             "workers and on local Ray, about 15 minutes)")
     parser.add_argument("--no-encoders", action="store_true",
                         help="skip the encoder benchmark (torch against ONNX Runtime, the tail under CPU load)")
     parser.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
@@ -121,12 +126,18 @@ def _attack(overall: Any) -> str:
     return _section(overall, "under attack", "benchmarks.attack")
 
 
-def _section(overall: Any, label: str, module: str) -> str:
+def _batch(overall: Any, semantic: bool) -> str:
+    """Batch matching at scale (`benchmarks/batch.py`) in a fresh process, as Markdown."""
+    return _section(overall, "batch", "benchmarks.batch", *(() if semantic else ("--semantic-rows", "0")),
+                    timeout=3600)
+
+
+def _section(overall: Any, label: str, module: str, *args: str, timeout: float = 900) -> str:
     import subprocess
 
     overall.set_postfix_str(label)
-    run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
-                         check=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         check=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
     return run.stdout.strip()
 
 
@@ -197,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         perf_results["encoders"] = encoders.run(quick=args.quick, progress=encoder_tick)
     load_report = "" if args.no_load or args.quick else _http_load(overall)
     attack_report = "" if args.no_attack or args.quick else _attack(overall)
+    batch_report = "" if args.no_batch or args.quick else _batch(overall, live is not None)
     overall.close()
 
     load_after = os.getloadavg()
@@ -223,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if attack_report:
         markdown = markdown.rstrip("\n") + "\n\n" + attack_report.replace(
             "## task-matcher under attack", "## Under attack (`python -m benchmarks.attack`)", 1) + "\n"
+    if batch_report:
+        markdown = markdown.rstrip("\n") + "\n\n" + batch_report.replace(
+            "## task-matcher batch", "## Batch matching (`python -m benchmarks.batch`)", 1) + "\n"
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is None:
         sys.stdout.write(markdown)

@@ -111,7 +111,8 @@ class Outcome:
 @dataclass
 class BatchSummary:
     """Counts of a finished run: rows, results and errors; results by `type`, by `matcher` and matched
-    rows by task; the requests written to the unmatched file; where everything went."""
+    rows by task; the requests written to the unmatched file; where everything went; and timings:
+    the whole run, and when the first results (how many rows) came back, start-up done."""
 
     rows: int = 0
     results: int = 0
@@ -123,6 +124,7 @@ class BatchSummary:
     resumed_at: int = 0
     seconds: float = 0.0
     first_result_seconds: float | None = None
+    first_result_rows: int = 0
     engine: str | None = None
     output: str = ""
     errors_file: str = ""
@@ -509,6 +511,7 @@ def _run(options: BatchOptions, generation: Generation, source: InputFile, journ
     counts = {name: Counter(values) for name, values in journal.counts.items()}
     sinks = _Sinks(options, journal, source)
     first_result: float | None = None
+    first_rows = 0
     try:
         bar = _Progress(source.rows, journal.rows_done, stream)
         if journal.rows_done < source.rows:
@@ -519,7 +522,7 @@ def _run(options: BatchOptions, generation: Generation, source: InputFile, journ
                 committed_at, last_commit = journal.rows_done, time.monotonic()
                 for engine, outcomes in executor.map(_chunks(rows, options.batch_size)):
                     if first_result is None:
-                        first_result = time.monotonic() - started
+                        first_result, first_rows = time.monotonic() - started, len(outcomes)
                     if journal.engine is None:
                         journal.engine = engine
                     elif engine is not None and engine != journal.engine:
@@ -551,7 +554,8 @@ def _run(options: BatchOptions, generation: Generation, source: InputFile, journ
         rows=source.rows, results=totals["results"], errors=totals["errors"],
         by_type=_ordered(counts["by_type"]), by_matcher=_ordered(counts["by_matcher"]),
         by_task=_ordered(counts["by_task"]), unmatched=totals["unmatched"], engine=journal.engine,
-        first_result_seconds=first_result, output=str(options.output), errors_file=str(options.errors_path),
+        first_result_seconds=first_result, first_result_rows=first_rows, output=str(options.output),
+        errors_file=str(options.errors_path),
         unmatched_file=None if options.unmatched is None else str(options.unmatched))
 
 
