@@ -5,8 +5,10 @@ CLINC150 with K = 5, 10 and all training utterances per intent (our engine keywo
 tuned and self-calibrated, and every peer, tuned on the tuning split and measured on the test
 split), then import time, peak memory and the scaling run in fresh processes, the loopback HTTP load
 benchmark, the server under attack (`benchmarks/attack.py`), hot reload under load
-(`benchmarks/reload.py`) and the encoder benchmark (torch against ONNX Runtime, int8 measured, the
-latency tail under CPU load).
+(`benchmarks/reload.py`), the encoder benchmark (torch against ONNX Runtime, int8 measured, the
+latency tail under CPU load) and batch matching at scale
+(`benchmarks/batch.py`: 100,000 requests through `task-matcher batch` with 1 and 2 workers and on
+a local Ray instance).
 Progress bars go to stderr. `--quick` is a small, fast subset (CLINC with 20 seeded intents, a
 short scaling run) that prints the Markdown instead of overwriting RESULTS.md.
 """
@@ -63,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip the benchmark of the server under attack (`benchmarks/attack.py`)")
     parser.add_argument("--no-reload", action="store_true",
                         help="skip the benchmark of hot reload under load (`benchmarks/reload.py`)")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="skip batch matching at scale (`benchmarks/batch.py`: 100,000 requests with 1 and 2 "
+                             "workers and on local Ray, about 15 minutes)")
     parser.add_argument("--no-encoders", action="store_true",
                         help="skip the encoder benchmark (torch against ONNX Runtime, the tail under CPU load)")
     parser.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
@@ -129,12 +134,18 @@ def _reload_under_load(overall: Any) -> str:
     return _section(overall, "reload under load", "benchmarks.reload")
 
 
-def _section(overall: Any, label: str, module: str) -> str:
+def _batch(overall: Any, semantic: bool) -> str:
+    """Batch matching at scale (`benchmarks/batch.py`) in a fresh process, as Markdown."""
+    return _section(overall, "batch", "benchmarks.batch", *(() if semantic else ("--semantic-rows", "0")),
+                    timeout=3600)
+
+
+def _section(overall: Any, label: str, module: str, *args: str, timeout: float = 900) -> str:
     import subprocess
 
     overall.set_postfix_str(label)
-    run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
-                         check=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         check=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
     return run.stdout.strip()
 
 
@@ -206,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_report = "" if args.no_load or args.quick else _http_load(overall)
     attack_report = "" if args.no_attack or args.quick else _attack(overall)
     reload_report = "" if args.no_reload or args.quick else _reload_under_load(overall)
+    batch_report = "" if args.no_batch or args.quick else _batch(overall, live is not None)
     overall.close()
 
     load_after = os.getloadavg()
@@ -235,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reload_report:
         markdown = markdown.rstrip("\n") + "\n\n" + reload_report.replace(
             "## task-matcher reload under load", "## Reload under load (`python -m benchmarks.reload`)", 1) + "\n"
+    if batch_report:
+        markdown = markdown.rstrip("\n") + "\n\n" + batch_report.replace(
+            "## task-matcher batch", "## Batch matching (`python -m benchmarks.batch`)", 1) + "\n"
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is None:
         sys.stdout.write(markdown)

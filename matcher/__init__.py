@@ -13,6 +13,7 @@ from .config import FieldWeights, MatcherConfig
 from .encoders import OnnxEmbedder
 from .engine import Matcher, amatch, default_config, match
 from .errors import (
+    BatchError,
     CatalogError,
     CatalogWarning,
     ConfigError,
@@ -43,6 +44,7 @@ def _installed_version() -> str:
 __version__ = _installed_version()
 
 __all__ = [
+    "BatchError",
     "CandidateExplanation",
     "Catalog",
     "CatalogError",

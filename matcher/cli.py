@@ -1,4 +1,4 @@
-"""Command line: `task-matcher "QUERY"`, `task-matcher list`, `task-matcher show TASK_ID`."""
+"""Command line: `task-matcher "QUERY"`, `list`, `show TASK_ID`, `tune`, `serve`, `confusability`, `batch IN OUT`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from . import __version__
 from .catalog import Catalog, Task, default_catalog, load_catalog
@@ -20,10 +20,11 @@ from .config import MatcherConfig
 from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, SemanticOption, default_config, resolve_embedder
 from .errors import MatcherError
 from .results import CandidateExplanation, TaskMatch
+from .semantic import Embedder
 
 __all__ = ["main"]
 
-_COMMANDS = ("match", "list", "show", "tune", "serve", "confusability", "evaluate", "leaderboard")
+_COMMANDS = ("match", "list", "show", "tune", "serve", "confusability", "evaluate", "leaderboard", "batch")
 _TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 _SERVER_MODULES = frozenset({"fastapi", "uvicorn", "anyio", "starlette"})
 _SERVER_EXTRA_MISSING = ("task-matcher serve: error: the HTTP server needs the optional extra: "
@@ -105,12 +106,81 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--recommend", action="append", default=[], metavar="TASK_ID=ALIAS",
                      help="a curated pick for a task (repeatable); it must be a model on that task's board")
     _catalog_options(imp)
+    _batch_parser(sub)
     show = sub.add_parser("show", help="show one task's record")
     show.add_argument("task_id")
     show.add_argument("--examples", type=int, default=2, help="examples to include (default 2)")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     _catalog_options(show)
     return parser
+
+
+def _batch_parser(sub: Any) -> None:
+    b = sub.add_parser("batch", help="match every row of a JSON-lines, CSV or Parquet file (resumable)",
+                       description="Match every row of IN and write one result per row to OUT, in input order. "
+                                   "Rows that cannot be matched go to the errors file with the reason. After a "
+                                   "crash or Ctrl-C, the same command resumes where the last commit left off.")
+    b.add_argument("input", type=Path, metavar="IN", help="a .jsonl, .csv or .parquet file of requests")
+    b.add_argument("output", type=Path, metavar="OUT", help="where the results go: a .jsonl or .parquet file")
+    b.add_argument("--text-column", default="text", metavar="NAME", help="the column holding the text (default text)")
+    b.add_argument("--id-column", metavar="NAME",
+                   help="the column whose value (a string or an integer) is each result's id "
+                        "(default: the row number, counting data rows from 0)")
+    b.add_argument("--top-k", type=int, default=5, help="candidates per result (default 5)")
+    _catalog_options(b)
+    b.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
+    b.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto", help=SEMANTIC_HELP)
+    _threads_option(b)
+    b.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes, each with its own matcher (default 1); with --ray, actors "
+                        "(default: one per CPU of the cluster)")
+    b.add_argument("--batch-size", type=int, default=256, metavar="ROWS",
+                   help="rows per task handed to a worker or a Ray actor (default 256)")
+    b.add_argument("--checkpoint-rows", type=int, default=10_000, metavar="ROWS",
+                   help="commit the output at least every ROWS rows (and every 10 seconds); a crash redoes at "
+                        "most the rows since the last commit (default 10000)")
+    b.add_argument("--errors", type=Path, metavar="PATH",
+                   help="the errors file, JSON lines of row, line, id, reason and text (default: OUT with the "
+                        "suffix .errors.jsonl)")
+    b.add_argument("--unmatched", type=Path, metavar="PATH",
+                   help="also write the requests that got type none, grouped by nearest task (JSON lines, one "
+                        "task per line, the most requested first): the input for new tasks or phrases")
+    b.add_argument("--ray", metavar="ADDRESS",
+                   help="match on Ray (extra 'ray'): a cluster address (ray://HOST:10001 or HOST:6379), auto "
+                        "(the cluster running on this machine) or local (a private instance of --workers CPUs)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="start over: replace OUT, its errors and unmatched files and any unfinished run")
+    b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import BatchOptions, render_summary, run_batch
+
+    options = BatchOptions(
+        input=args.input, output=args.output, text_column=args.text_column, id_column=args.id_column,
+        catalog=args.catalog, config=args.config, top_k=args.top_k, semantic=_semantic_option(args.semantic),
+        threads=args.threads, workers=args.workers, batch_size=args.batch_size,
+        checkpoint_rows=args.checkpoint_rows, errors=args.errors, unmatched=args.unmatched, ray=args.ray,
+        overwrite=args.overwrite)
+
+    def resuming(done: int, total: int) -> None:
+        print(f"task-matcher batch: resuming an unfinished run at row {done:,} of {total:,}", file=sys.stderr)
+
+    try:
+        summary = run_batch(options, progress=None if args.no_progress else sys.stderr, on_resume=resuming)
+    except KeyboardInterrupt:
+        print("\ntask-matcher batch: interrupted; the rows committed so far are kept: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) if args.json else render_summary(summary))
+    return 0
+
+
+def _semantic_option(name: str) -> bool | Literal["auto", "onnx", "torch"]:
+    choice = SEMANTIC_CHOICES[name]
+    assert not isinstance(choice, Embedder)
+    return choice
 
 
 def _share(text: str) -> float | None:
@@ -284,6 +354,8 @@ def _run(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.command == "leaderboard":
         return _import_leaderboards(args)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "tune":
         from .tuning import load_labelled, tune
 

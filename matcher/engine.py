@@ -180,6 +180,11 @@ class Matcher:
         """Whether the embedding backstop is part of this matcher."""
         return self._embedder is not None
 
+    @property
+    def model_id(self) -> str | None:
+        """The embedding model's id, which names its backend (None: keyword-only)."""
+        return None if self._embedder is None else self._embedder.model_id
+
     def _keyword_index(self) -> KeywordIndex:
         if self._keyword is None:
             with self._lock:

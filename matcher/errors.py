@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BatchError",
     "CatalogError",
     "CatalogWarning",
     "ConfigError",
@@ -72,6 +73,10 @@ class LeaderboardError(MatcherError, ValueError):
     def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems: tuple[str, ...] = problems or (message,)
+class BatchError(MatcherError, ValueError):
+    """A batch run cannot start or go on: an unreadable input or output, a missing column, a missing
+    extra, or an unfinished run of other settings in the way. Bad rows are not errors: they are
+    written to the run's errors file."""
 
 
 class SemanticUnavailableError(MatcherError, ImportError):

@@ -77,15 +77,19 @@ class Generation:
         return cls(tasks, MatcherConfig.load(config) if config is not None else None,
                    Leaderboards.load(leaderboards, tasks) if leaderboards is not None else None)
 
-    def write(self, folder: Path) -> Path:
-        """Write the snapshot file ``generation-<fingerprint>.json`` in `folder` (atomically, mode 0600)."""
+    def to_payload(self) -> dict[str, Any]:
+        """The generation as plain JSON data: what a snapshot file holds, and what other processes are sent."""
         records = [{**profile.to_dict(examples_n=None), "leaderboard": profile.leaderboard}
                    for profile in self.catalog.profiles()]
-        payload = {"format": GENERATION_FORMAT, "version": GENERATION_VERSION, "fingerprint": self.fingerprint,
-                   "source": self.catalog.source, "catalog_fingerprint": self.catalog.fingerprint,
-                   "records": records, "config": None if self.config is None else self.config.to_dict(),
-                   "leaderboards": None if self.leaderboards is None else {
-                       "source": self.leaderboards.source, **self.leaderboards.to_dict()}}
+        return {"format": GENERATION_FORMAT, "version": GENERATION_VERSION, "fingerprint": self.fingerprint,
+                "source": self.catalog.source, "catalog_fingerprint": self.catalog.fingerprint,
+                "records": records, "config": None if self.config is None else self.config.to_dict(),
+                "leaderboards": None if self.leaderboards is None else {
+                    "source": self.leaderboards.source, **self.leaderboards.to_dict()}}
+
+    def write(self, folder: Path) -> Path:
+        """Write the snapshot file ``generation-<fingerprint>.json`` in `folder` (atomically, mode 0600)."""
+        payload = self.to_payload()
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"generation-{self.fingerprint[:24]}.json"
         _write_json(target, payload)
@@ -106,6 +110,14 @@ class Generation:
             data = json.loads(blob.decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise CatalogError(f"{source}: cannot read the catalog generation: {exc}", source=source) from None
+        return cls.from_payload(data, fingerprint=fingerprint, source=source)
+
+    @classmethod
+    def from_payload(cls, data: object, *, fingerprint: str, source: str) -> Generation:
+        """The generation in `data` (from `to_payload`), which must be the one pinned by `fingerprint`.
+
+        Raises `CatalogError` naming `source` when the data is of another generation or was altered.
+        """
         if not isinstance(data, dict) or data.get("format") != GENERATION_FORMAT \
                 or data.get("version") != GENERATION_VERSION:
             raise CatalogError(f"{source}: not a {GENERATION_FORMAT} version {GENERATION_VERSION} file",

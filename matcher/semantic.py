@@ -484,17 +484,39 @@ def _disagreement(vectors: FloatMatrix, positions: Sequence[int], probe: FloatMa
     return None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary beside `path` and rename it into place (readers never see half a file)."""
+def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to a temporary beside `path` and rename it into place (readers never see half a file).
+
+    `durable` also syncs the file and its folder to disk, so the new content survives a power loss.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Sync a folder's entries (renames, new files) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_cache(path: Path, manifest: dict[str, Any], vectors: FloatMatrix) -> None:

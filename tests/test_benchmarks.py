@@ -429,3 +429,26 @@ def test_reload_section_counts_errors_and_splits_latency_by_reload_window() -> N
     assert "| time until every worker serves the new generation, median / max | 1.50 s / 2.00 s |" in text
     assert "| latency median / p99, quiet | 11.0 / 12.0 ms |" in text
     assert "| latency median / p99, while reloading | 30.0 / 30.0 ms |" in text
+def test_batch_benchmark_queries_are_seeded_varied_and_carry_bad_rows() -> None:
+    from benchmarks import batch
+
+    queries = batch.corpus_derived_queries(3000)
+    assert queries == batch.corpus_derived_queries(3000) != batch.corpus_derived_queries(3000, seed=1)
+    bad = [i for i, q in enumerate(queries) if not isinstance(q, str) or not q.strip() or len(q) > 4096]
+    assert bad == [i for i in range(3000) if batch.is_bad_row(i)] == [999, 1999, 2999]
+    good = [q for i, q in enumerate(queries) if not batch.is_bad_row(i)]
+    assert len(set(good)) > 0.8 * len(good)  # varied, not the corpus repeated
+
+
+def test_batch_benchmark_section_flags_an_output_unlike_match_many() -> None:
+    from benchmarks import batch
+
+    summary = {"errors": 1, "seconds": 10.0, "first_result_seconds": 2.0, "first_result_rows": 200}
+    cases = [batch.Case("keyword", "1 worker", 1000, 12.5, summary, 150.0, "a" * 64),
+             batch.Case("keyword", "2 workers", 1000, 8.0, summary, 290.0, "b" * 64)]
+    facts = {"load average at start": 1.0, "load average at end": 2.0,
+             "reference": {"keyword": {"digest": "a" * 64, "match_many rate": 900.0}}}
+    lines = batch.render(cases, facts).splitlines()
+    rows = [line for line in lines if line.startswith("| keyword")]
+    assert rows[0] == "| keyword | 1 worker | 1,000 | 1 | 12.5 | 80 | 100 | 150 | `aaaaaaaaaaaa` | yes |"
+    assert rows[1].endswith("| **no** |")

@@ -86,3 +86,13 @@ def test_failure_notes_are_left_beside_the_snapshot(tmp_path: Path) -> None:
     assert reported_failures(tmp_path) == []
     report_failure(snapshot, "API keys file /k holds no keys")
     assert reported_failures(tmp_path) == ["API keys file /k holds no keys"]
+
+
+def test_a_payload_carries_the_generation_to_another_process_and_is_checked() -> None:
+    generation = Generation(matcher.Catalog.from_records(with_board()), matcher.default_config(semantic=False))
+    payload = json.loads(json.dumps(generation.to_payload()))  # plain JSON data, as pickling or Ray sends it
+    back = Generation.from_payload(payload, fingerprint=generation.fingerprint, source="sent")
+    assert back.fingerprint == generation.fingerprint
+    payload["records"][0]["title"] = "Changed on the way"
+    with pytest.raises(CatalogError, match="sent: its content does not match its fingerprint"):
+        Generation.from_payload(payload, fingerprint=generation.fingerprint, source="sent")
