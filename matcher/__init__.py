@@ -21,6 +21,7 @@ from .errors import (
     LeaderboardError,
     MatcherError,
     QueryError,
+    ScopeError,
     SemanticUnavailableError,
     UnknownTaskError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "MatcherError",
     "OnnxEmbedder",
     "QueryError",
+    "ScopeError",
     "SemanticUnavailableError",
     "SentenceTransformerEmbedder",
     "Task",

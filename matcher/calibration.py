@@ -16,7 +16,8 @@ HIGH, MEDIUM, LOW = "high", "medium", "low"
 
 def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, decimals: int,
               null_coverage: float = 0.0,
-              coverage: float | npt.NDArray[np.float64] = 0.0) -> npt.NDArray[np.float64]:
+              coverage: float | npt.NDArray[np.float64] = 0.0,
+              within: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.float64]:
     """Probability that each profile is the one the query asks for, over the whole catalog.
 
     A softmax over every profile plus a "no match" option whose utility is
@@ -24,9 +25,12 @@ def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, d
     sum_j exp(slope * raw_j))``. Two near-equal candidates share the probability mass instead
     of both looking certain, scores never sum past 1, and the ranking is that of `raw`. Rows
     of a 2-D `raw` are queries (then `coverage` has one value per row). Rounded so that
-    ranking never sees float noise.
+    ranking never sees float noise. With `within` (a mask over profiles), the softmax runs over
+    the profiles it marks alone and every other one scores 0: a scoped request.
     """
     values = slope * np.asarray(raw, dtype=np.float64)
+    if within is not None:
+        values = np.where(within, values, -np.inf)
     null = null_bias + null_coverage * np.asarray(coverage, dtype=np.float64)
     if values.ndim == 2:
         null = np.broadcast_to(null, (values.shape[0],))[:, None]

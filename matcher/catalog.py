@@ -40,7 +40,7 @@ from rapidfuzz import fuzz, process
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
-from .errors import CatalogError, CatalogWarning, UnknownTaskError
+from .errors import CatalogError, CatalogWarning, ScopeError, UnknownTaskError
 from .text import content_terms, normalize
 
 __all__ = ["Catalog", "Task", "default_catalog", "load_catalog"]
@@ -286,12 +286,38 @@ class Catalog:
 
     def suggest(self, task_id: str, *, limit: int = 3) -> tuple[str, ...]:
         """Task ids closest to `task_id` by edit similarity, best first (ties by id)."""
-        scored = process.extract(
-            task_id, list(self._by_id), scorer=fuzz.ratio, processor=None, score_cutoff=50,
-            limit=None,
-        )
-        ranked = sorted(scored, key=lambda hit: (-hit[1], hit[0]))
-        return tuple(hit[0] for hit in ranked[:limit])
+        return _closest(task_id, list(self._by_id), limit=limit)
+
+    def categories(self) -> builtins.list[str]:
+        """Every category a task of the catalog has, sorted."""
+        return sorted({task.category for task in self._tasks if task.category is not None})
+
+    def select(self, *, tasks: Iterable[str] | None = None,
+               categories: Iterable[str] | None = None) -> frozenset[str]:
+        """Ids of the tasks a request is scoped to: those in `tasks` (all when None) whose category
+        is in `categories` (any when None).
+
+        Raises `ScopeError` for an id or category the catalog lacks (naming the closest) and for a
+        scope that selects no task; `TypeError` for a plain string where a list of them is due.
+        """
+        chosen = set(self._by_id)
+        if tasks is not None:
+            ids = _scope_values(tasks, "tasks")
+            for task_id in ids:
+                if task_id not in self._by_id:
+                    raise ScopeError(f"scope: unknown task id {_shown(task_id)}", self.suggest(task_id))
+            chosen &= set(ids)
+        if categories is not None:
+            wanted = _scope_values(categories, "categories")
+            known = self.categories()
+            for category in wanted:
+                if category not in known:
+                    raise ScopeError(f"scope: no task has category {_shown(category)}",
+                                     _closest(category, known))
+            chosen = {task_id for task_id in chosen if self._by_id[task_id].category in wanted}
+        if not chosen:
+            raise ScopeError("scope: the tasks and categories given select no task together: widen one of them")
+        return frozenset(chosen)
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._by_id
@@ -742,6 +768,33 @@ def _hint(error: ErrorDetails) -> str:
             return f"; did you mean {close[0]!r}?"
         return f"; known fields: {', '.join(_TaskRecord.model_fields)}"
     return ""
+
+
+def _closest(value: str, choices: Sequence[str], *, limit: int = 3) -> tuple[str, ...]:
+    """The `choices` closest to `value` by edit similarity (at least 50 of 100), best first, ties by name."""
+    scored = process.extract(value, list(choices), scorer=fuzz.ratio, processor=None, score_cutoff=50,
+                             limit=None)
+    ranked = sorted(scored, key=lambda hit: (-hit[1], hit[0]))
+    return tuple(hit[0] for hit in ranked[:limit])
+
+
+_SHOWN_SCOPE_CHARS = 100
+
+
+def _shown(value: str) -> str:
+    """`value` quoted for a message, cut at `_SHOWN_SCOPE_CHARS`: a message must not grow with the request."""
+    return repr(value) if len(value) <= _SHOWN_SCOPE_CHARS else f"{value[:_SHOWN_SCOPE_CHARS]!r}..."
+
+
+def _scope_values(values: Iterable[str], name: str) -> builtins.list[str]:
+    """`values` as a list of strings; a plain string is refused, since it would scope by its characters."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}")
+    listed = list(values)
+    for value in listed:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must hold strings, got {type(value).__name__}")
+    return listed
 
 
 def _has_content_words(task: Task) -> bool:

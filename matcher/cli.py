@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--top-k", type=int, default=5, help="number of candidates (default 5)")
     m.add_argument("--json", action="store_true", help="print the API response body as JSON")
     m.add_argument("--explain", action="store_true", help="show why each candidate scored as it did")
+    m.add_argument("--task", action="append", dest="tasks", metavar="TASK_ID",
+                   help="scope the match to this task (repeatable): only the tasks given are candidates")
+    m.add_argument("--category", action="append", dest="categories", metavar="CATEGORY",
+                   help="scope the match to tasks of this category (repeatable; with --task, both must hold)")
     m.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto",
                    help=SEMANTIC_HELP)
     _threads_option(m)
@@ -375,16 +379,17 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     config = MatcherConfig.load(args.config) if args.config else None
     matcher = Matcher(_catalog(args), semantic=SEMANTIC_CHOICES[args.semantic], config=config, threads=args.threads)
-    result = matcher.match(args.query, top_k=args.top_k)
+    scope = {"tasks": args.tasks, "categories": args.categories}
+    result = matcher.match(args.query, top_k=args.top_k, **scope)
     if args.json:
         body: dict[str, Any] = result.to_dict()
         if args.explain:
-            body["explanations"] = [e.to_dict() for e in matcher.explain(args.query, args.top_k)]
+            body["explanations"] = [e.to_dict() for e in matcher.explain(args.query, args.top_k, **scope)]
         print(json.dumps(body, indent=2, ensure_ascii=False))
     else:
         print(_render_match(result))
         if args.explain:
-            print(_render_explanations(matcher.explain(args.query, args.top_k)))
+            print(_render_explanations(matcher.explain(args.query, args.top_k, **scope)))
     return 0
 
 

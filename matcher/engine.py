@@ -47,6 +47,7 @@ SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off"
 SEMANTIC_HELP = ("embedding backstop: auto (if installed; ONNX Runtime, else torch), on (required), off, "
                  "or a backend: onnx, torch")
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 _log = logging.getLogger(__name__)
 
 
@@ -64,6 +65,7 @@ class _Scored:
     gate: float | None = None
     negated: tuple[str, ...] = ()
     normalized: str = ""
+    candidates: BoolArray | None = None  # the tasks that may be candidates (None: every task)
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,17 @@ class Matcher:
             )
         return normalized
 
-    def _score(self, normalized: str) -> _Scored:
-        """Score the request part of `normalized` (negated mentions removed); the gate reads it whole."""
+    def _scope(self, tasks: Iterable[str] | None, categories: Iterable[str] | None) -> BoolArray | None:
+        """Which profiles may score under a request's scope: its tasks and every out-of-scope profile
+        (no-match evidence whatever the scope); None when unscoped (`Catalog.select` checks the ids)."""
+        if tasks is None and categories is None:
+            return None
+        chosen = self.catalog.select(tasks=tasks, categories=categories)
+        return np.array([not task or p.id in chosen for p, task in zip(self._profiles, self._is_task, strict=True)])
+
+    def _score(self, normalized: str, scope: BoolArray | None = None) -> _Scored:
+        """Score the request part of `normalized` (negated mentions removed) over the profiles in
+        `scope` (all when None); the gate reads it whole."""
         request, negated = split_negated(normalized)
         request_gate = self._request_gate()
         vector = None
@@ -272,27 +283,29 @@ class Matcher:
                 vector = index.encode([request])[0]  # encoded once: the gate and the semantic path share it
         gate = None if request_gate is None else request_gate.probability(normalized, vector)
         excluded = ruled_out_profiles(self._keyword_index(), negated)
-        return replace(self._score_request(request, vector, excluded), gate=gate, negated=negated,
+        return replace(self._score_request(request, vector, excluded, scope), gate=gate, negated=negated,
                        normalized=normalized)
 
     def _score_request(self, normalized: str, vector: npt.NDArray[np.float32] | None = None,
-                       excluded: tuple[int, ...] = ()) -> _Scored:
+                       excluded: tuple[int, ...] = (), scope: BoolArray | None = None) -> _Scored:
         """Keyword scores, then the semantic backstop unless the keyword path is confident; the
-        `excluded` profiles (ruled out by the request) score 0 on every signal."""
+        `excluded` profiles (ruled out by the request) score 0 on every signal, and profiles out of
+        `scope` take no part: calibration is a softmax over the profiles in scope alone."""
         cfg = self.config
+        candidates = self._is_task if scope is None else self._is_task & scope
         keyword = self._keyword_index().score(normalized)
         if excluded:
             keyword = replace(keyword, raw=_zeroed(keyword.raw, excluded))
         kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
                               null_coverage=cfg.keyword_null_coverage, coverage=keyword.coverage,
-                              decimals=cfg.score_decimals)
-        if self._keyword_is_confident(kw_scores, keyword.coverage):
+                              decimals=cfg.score_decimals, within=scope)
+        if self._keyword_is_confident(kw_scores, keyword.coverage, candidates):
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections, keyword.coverage)
+                           keyword.corrections, keyword.coverage, candidates=candidates)
         index = self._semantic_index()
         if index is None:
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections, keyword.coverage)
+                           keyword.corrections, keyword.coverage, candidates=candidates)
         if vector is None:
             vector = index.encode([normalized])[0]
         centroid, best = index.components(vector[None, :])
@@ -300,17 +313,17 @@ class Matcher:
         fused = cfg.semantic_fusion * keyword.raw + (1.0 - cfg.semantic_fusion) * similarity
         scores = calibrate(fused, slope=cfg.semantic_slope, null_bias=cfg.semantic_null_bias,
                            null_coverage=cfg.semantic_null_coverage, coverage=keyword.coverage,
-                           decimals=cfg.score_decimals)
+                           decimals=cfg.score_decimals, within=scope)
         return _Scored(scores, keyword.raw, similarity, "semantic", keyword.query_text,
-                       keyword.corrections, keyword.coverage)
+                       keyword.corrections, keyword.coverage, candidates=candidates)
 
-    def _keyword_is_confident(self, scores: FloatArray, coverage: float) -> bool:
-        """True when a task, not an out-of-scope profile, leads with ``high`` confidence on a query
-        whose words the catalog mostly knows."""
+    def _keyword_is_confident(self, scores: FloatArray, coverage: float, candidates: BoolArray) -> bool:
+        """True when a task (one of the `candidates`), not an out-of-scope profile, leads with
+        ``high`` confidence on a query whose words the catalog mostly knows."""
         order = _ranking(scores)
-        if not self._is_task[order[0]] or coverage < self.config.keyword_min_coverage:
+        if not candidates[order[0]] or coverage < self.config.keyword_min_coverage:
             return False
-        task_scores = scores[order[self._is_task[order]][:2]].tolist()
+        task_scores = scores[order[candidates[order]][:2]].tolist()
         lead = task_scores[0] - (task_scores[1] if len(task_scores) > 1 else 0.0)
         return bool(task_scores[0] >= self.config.fallback_threshold
                     and round(lead, self.config.score_decimals) >= self.config.high_margin)
@@ -318,7 +331,7 @@ class Matcher:
     def _result(self, query: str, scored: _Scored, top_k: int) -> TaskMatch:
         cfg = self.config
         order = _ranking(scored.scores)
-        task_order = order[self._is_task[order]]
+        task_order = order[(self._is_task if scored.candidates is None else scored.candidates)[order]]
         unsupported = order[~self._is_task[order]]
         task_scores = scored.scores[task_order].tolist()
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
@@ -377,30 +390,41 @@ class Matcher:
             capability=capability,
         )
 
-    def match(self, query: str, top_k: int = 5) -> TaskMatch:
-        """Rank the catalog's tasks for `query`; `top_k` is clamped to the number of tasks."""
-        normalized = self._check(query, top_k)
-        return self._result(query, self._score(normalized), top_k)
+    def match(self, query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+              categories: Iterable[str] | None = None) -> TaskMatch:
+        """Rank the catalog's tasks for `query`; `top_k` is clamped to the number of tasks.
 
-    async def amatch(self, query: str, top_k: int = 5) -> TaskMatch:
+        `tasks` (ids) and `categories` scope the request: only tasks in both (when both are given)
+        are candidates, and scores are calibrated among them, as if the catalog held only those
+        tasks and its out-of-scope profiles. An id or category the catalog lacks raises `ScopeError`.
+        """
+        normalized = self._check(query, top_k)
+        return self._result(query, self._score(normalized, self._scope(tasks, categories)), top_k)
+
+    async def amatch(self, query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+                     categories: Iterable[str] | None = None) -> TaskMatch:
         """`match` for async code: it runs on a worker thread (`asyncio.to_thread`), so the event
         loop goes on serving other tasks while the query is scored; same result, same errors."""
         import asyncio  # here, not at import: `import matcher` stays light
+        from functools import partial
 
-        return await asyncio.to_thread(self.match, query, top_k)
+        return await asyncio.to_thread(partial(self.match, query, top_k, tasks=tasks, categories=categories))
 
-    def match_many(self, queries: Iterable[str], top_k: int = 5) -> list[TaskMatch]:
-        """`match` for each query, in order; every result equals its one-by-one call."""
+    def match_many(self, queries: Iterable[str], top_k: int = 5, *, tasks: Iterable[str] | None = None,
+                   categories: Iterable[str] | None = None) -> list[TaskMatch]:
+        """`match` for each query, in order, under one scope; every result equals its one-by-one call."""
         batch = list(queries) if not isinstance(queries, str) else None
         if batch is None:
             raise TypeError("match_many takes an iterable of queries, not a single str")
+        scope = self._scope(tasks, categories)
         normalized = [self._check(q, top_k) for q in batch]
-        return [self._result(q, self._score(n), top_k) for q, n in zip(batch, normalized, strict=False)]
+        return [self._result(q, self._score(n, scope), top_k) for q, n in zip(batch, normalized, strict=False)]
 
-    def explain(self, query: str, top_k: int = 5) -> list[CandidateExplanation]:
+    def explain(self, query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+                categories: Iterable[str] | None = None) -> list[CandidateExplanation]:
         """Why each of the top candidates scored what it did (not part of the JSON body)."""
         normalized = self._check(query, top_k)
-        scored = self._score(normalized)
+        scored = self._score(normalized, self._scope(tasks, categories))
         result = self._result(query, scored, top_k)
         index = self._keyword_index()
         positions = {p.id: i for i, p in enumerate(self._profiles)}
@@ -522,16 +546,17 @@ def _default_matcher() -> Matcher:
     return _DEFAULT_MATCHER
 
 
-def match(query: str, top_k: int = 5) -> TaskMatch:
-    """Match `query` against the bundled default catalog with the default configuration."""
-    return _default_matcher().match(query, top_k)
+def match(query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+          categories: Iterable[str] | None = None) -> TaskMatch:
+    """Match `query` against the bundled default catalog with the default configuration
+    (`tasks` and `categories` scope it: see `Matcher.match`)."""
+    return _default_matcher().match(query, top_k, tasks=tasks, categories=categories)
 
 
-async def amatch(query: str, top_k: int = 5) -> TaskMatch:
+async def amatch(query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+                 categories: Iterable[str] | None = None) -> TaskMatch:
     """`match` for async code, off the event loop (see `Matcher.amatch`)."""
-    import asyncio
-
-    return await asyncio.to_thread(match, query, top_k)
+    return await _default_matcher().amatch(query, top_k, tasks=tasks, categories=categories)
 
 
 def _tuned_for(config: MatcherConfig, catalog: Catalog) -> bool:

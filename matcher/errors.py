@@ -11,6 +11,7 @@ __all__ = [
     "LeaderboardError",
     "MatcherError",
     "QueryError",
+    "ScopeError",
     "SemanticUnavailableError",
     "UnknownTaskError",
 ]
@@ -63,6 +64,16 @@ class UnknownTaskError(MatcherError, KeyError):
         return str(self.args[0])
 
 
+class ScopeError(MatcherError, ValueError):
+    """A request's scope (`tasks=`, `categories=`) names an id or category the catalog lacks, or
+    selects no task; `suggestions` holds the closest ids or categories."""
+
+    def __init__(self, message: str, suggestions: tuple[str, ...] = ()) -> None:
+        self.suggestions = suggestions
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(message + hint)
+
+
 class ConfigError(MatcherError, ValueError):
     """A matcher configuration is invalid or a config file cannot be read."""
 
@@ -73,6 +84,8 @@ class LeaderboardError(MatcherError, ValueError):
     def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems: tuple[str, ...] = problems or (message,)
+
+
 class BatchError(MatcherError, ValueError):
     """A batch run cannot start or go on: an unreadable input or output, a missing column, a missing
     extra, or an unfinished run of other settings in the way. Bad rows are not errors: they are

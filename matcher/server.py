@@ -6,7 +6,8 @@ so `import matcher` never needs them.
 
 Routes (bodies are the library's own `to_dict()` output, so keys the library adds flow through):
 
-- ``POST /v1/tasks/match`` ``{"query": str, "top_k": int = 5}`` -> `TaskMatch.to_dict()`
+- ``POST /v1/tasks/match`` ``{"query": str, "top_k": int = 5, "tasks": [id] | null, "categories": [str] | null}``
+  -> `TaskMatch.to_dict()` (`tasks` and `categories` scope the request: see `Matcher.match`)
 - ``GET /v1/tasks`` -> ``{"tasks": [...]}``; ``GET /v1/tasks/{task_id}?examples_n=N`` -> one record
 - ``GET /v1/tasks/{task_id}/leaderboard`` -> the task's ranked models (empty board without data)
 - ``GET /healthz`` and ``GET /v1/health`` -> ``{"status", "tasks", "semantic"}``; 503 until warm
@@ -72,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hmac
 import logging
 import math
@@ -140,6 +142,8 @@ GENERATION_HEADER = "X-Task-Matcher-Generation"
 # default pool, on both paths and from 1 to 64 concurrent clients).
 MATCH_THREADS = max(4, os.cpu_count() or 1)
 DEFAULT_MAX_BODY_BYTES = 64_000
+# Ids or categories a match's scope may list: more than any catalog a request should scope by hand.
+MAX_SCOPE_ITEMS = 10_000
 # Matches in flight per worker (running or queued for a thread) before new ones get a fast 503:
 # a queue longer than this only makes every client wait (measured on 2 cores: 256 concurrent
 # semantic requests waited a median of 8.3 s); 64 is a few seconds of the slowest path's work.
@@ -183,6 +187,12 @@ class MatchRequest(BaseModel):
                              json_schema_extra={"minLength": 1})
     top_k: StrictInt = Field(default=5, description="How many ranked candidates to return.",
                              json_schema_extra={"minimum": 1})
+    tasks: list[StrictStr] | None = Field(
+        default=None, max_length=MAX_SCOPE_ITEMS,
+        description="Scope: only these task ids are candidates, scored among themselves (unknown ids: 422).")
+    categories: list[StrictStr] | None = Field(
+        default=None, max_length=MAX_SCOPE_ITEMS,
+        description="Scope: only tasks of these categories are candidates (with `tasks`, both must hold).")
 
     @field_validator("query")
     @classmethod
@@ -382,7 +392,8 @@ def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[st
               responses={200: {"model": MatchBody},
                          400: _error("Body cannot be decoded (not UTF-8, or nested too deeply)"),
                          413: _error("Body too large"), 415: _error("Body is not declared as JSON"),
-                         422: _error("Invalid query or top_k"),
+                         422: _error("Invalid query, top_k or scope (an unknown task id or category, named "
+                                     "with the closest)"),
                          503: _error("Still warming up, or over capacity (see Retry-After); or warm-up failed")})
     async def match_tasks(request: MatchRequest, http: Request) -> JSONResponse:
         """Rank the catalog's tasks for a plain-English description of a job."""
@@ -396,8 +407,9 @@ def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[st
         metrics.in_flight.inc()
         started = time.perf_counter()
         try:
-            result = await anyio.to_thread.run_sync(served.matcher.match, request.query, request.top_k,
-                                                    limiter=match_slots)
+            result = await anyio.to_thread.run_sync(
+                functools.partial(served.matcher.match, request.query, request.top_k, tasks=request.tasks,
+                                  categories=request.categories), limiter=match_slots)
         except (MatcherError, ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         finally:

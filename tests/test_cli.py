@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from matcher import default_catalog
+from matcher import Matcher, default_catalog
 from matcher.cli import main
 
 from .conftest import REPO, small_records
@@ -345,3 +345,15 @@ def test_the_backend_and_threads_are_chosen_on_the_command_line(
     with pytest.raises(SystemExit):
         main([query, "--semantic", "gpu"])
     assert "invalid choice: 'gpu' (choose from 'auto', 'on', 'off', 'onnx', 'torch')" in capsys.readouterr().err
+
+
+def test_match_can_be_scoped_to_tasks_and_categories(capsys: pytest.CaptureFixture[str]) -> None:
+    query = "pull line items and totals out of vendor invoices"
+    assert main([query, "--semantic", "off", "--json", "--task", "receipt-extraction",
+                 "--task", "invoice-extraction", "--category", "document-extraction"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body == Matcher(semantic=False).match(query, tasks=["receipt-extraction", "invoice-extraction"],
+                                                 categories=["document-extraction"]).to_dict()
+    assert {c["task_id"] for c in body["candidates"]} == {"receipt-extraction", "invoice-extraction"}
+    assert main([query, "--semantic", "off", "--task", "invoice-extractoin"]) == 2
+    assert "did you mean 'invoice-extraction'" in capsys.readouterr().err

@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -233,9 +235,9 @@ def counted_work(engine: Matcher, query: str) -> tuple[int, int, int]:
     lookups = 0
     real_score, real_lookup = engine._score, index._closest_word
 
-    def score(normalized: str) -> object:
+    def score(normalized: str, scope: Any = None) -> object:
         seen.append(normalized)
-        return real_score(normalized)
+        return real_score(normalized, scope)
 
     def lookup(token: str) -> object:
         nonlocal lookups
@@ -414,10 +416,11 @@ class HeldUntilTheLoopRuns(Matcher):
         self.loop_ran = threading.Event()
         self.threads: list[int] = []
 
-    def match(self, query: str, top_k: int = 5) -> TaskMatch:
+    def match(self, query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+              categories: Iterable[str] | None = None) -> TaskMatch:
         self.threads.append(threading.get_ident())
         assert self.loop_ran.wait(10), "the event loop was blocked while the match ran"
-        return super().match(query, top_k)
+        return super().match(query, top_k, tasks=tasks, categories=categories)
 
 
 def test_amatch_runs_off_the_event_loop_and_equals_match(default_keyword_matcher: Matcher) -> None:
@@ -459,3 +462,77 @@ def test_module_level_amatch_uses_the_default_matcher_off_the_loop(monkeypatch: 
 
     query = "pull line items and totals out of vendor invoices"
     assert asyncio.run(run()).to_dict() == default_keyword_matcher.match(query).to_dict()
+
+
+SCOPED_QUERY = "pull line items and totals out of vendor invoices"
+
+
+def test_a_scope_limits_the_candidates_to_its_tasks(default_keyword_matcher: Matcher) -> None:
+    scope = ["bank-statement-extraction", "invoice-extraction", "receipt-extraction"]
+    result = default_keyword_matcher.match(SCOPED_QUERY, top_k=10, tasks=scope)
+    assert sorted(c.task_id for c in result.candidates) == sorted(scope)  # top_k clamped to the scope
+    assert result.chosen is not None and result.chosen.task_id == "invoice-extraction"
+
+
+def test_a_scope_without_the_asked_for_task_gives_no_match(default_keyword_matcher: Matcher) -> None:
+    unscoped = default_keyword_matcher.match(SCOPED_QUERY)
+    assert unscoped.chosen is not None and unscoped.chosen.task_id == "invoice-extraction"
+    scoped = default_keyword_matcher.match(SCOPED_QUERY, tasks=["address-parsing", "sentiment-analysis"])
+    assert not scoped.matched and scoped.type == "none"
+    assert {c.task_id for c in scoped.candidates} == {"address-parsing", "sentiment-analysis"}
+
+
+def test_categories_scope_and_combine_with_tasks(default_keyword_matcher: Matcher) -> None:
+    catalog = default_keyword_matcher.catalog
+    category = catalog.get("invoice-extraction").category
+    assert category is not None
+    by_category = default_keyword_matcher.match(SCOPED_QUERY, top_k=50, categories=[category])
+    assert {c.task_id for c in by_category.candidates} == {t.id for t in catalog if t.category == category}
+    other = next(t.id for t in catalog if t.category != category)
+    both = default_keyword_matcher.match(SCOPED_QUERY, tasks=["invoice-extraction", other], categories=[category])
+    assert [c.task_id for c in both.candidates] == ["invoice-extraction"]
+
+
+def test_out_of_scope_profiles_still_refuse_within_a_scope(default_keyword_matcher: Matcher) -> None:
+    query = "what is the weather in paris tomorrow"
+    assert not default_keyword_matcher.match(query).matched
+    assert not default_keyword_matcher.match(query, tasks=["invoice-extraction"]).matched
+
+
+def test_scope_errors_name_the_closest_ids(default_keyword_matcher: Matcher) -> None:
+    with pytest.raises(matcher.ScopeError, match=r"unknown task id 'invoice-extractoin'.*'invoice-extraction'"):
+        default_keyword_matcher.match(SCOPED_QUERY, tasks=["invoice-extractoin"])
+    with pytest.raises(matcher.ScopeError, match=r"no task has category 'vison'.*'vision'"):
+        default_keyword_matcher.match(SCOPED_QUERY, categories=["vison"])
+    with pytest.raises(matcher.ScopeError, match="select no task"):
+        default_keyword_matcher.match(SCOPED_QUERY, tasks=[])
+    with pytest.raises(TypeError, match="list of strings"):
+        default_keyword_matcher.match(SCOPED_QUERY, tasks="invoice-extraction")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="hold strings"):
+        default_keyword_matcher.match(SCOPED_QUERY, tasks=[3])  # type: ignore[list-item]
+
+
+def test_scope_results_ignore_order_and_repeats(default_keyword_matcher: Matcher) -> None:
+    one = default_keyword_matcher.match(SCOPED_QUERY, tasks=["receipt-extraction", "invoice-extraction"])
+    two = default_keyword_matcher.match(SCOPED_QUERY, tasks=("invoice-extraction", "receipt-extraction",
+                                                             "invoice-extraction"))
+    assert one.to_dict() == two.to_dict()
+    assert default_keyword_matcher.match_many([SCOPED_QUERY], tasks=["receipt-extraction"])[0].to_dict() \
+        == default_keyword_matcher.match(SCOPED_QUERY, tasks=["receipt-extraction"]).to_dict()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.sampled_from([SCOPED_QUERY, "sort support tickets by urgency", "transcribe the call",
+                              "which language is this email in", "find the names of people in the text"]),
+       picks=st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=6))
+def test_scoped_scores_are_calibrated_among_the_scope(default_keyword_matcher: Matcher, query: str,
+                                                       picks: list[int]) -> None:
+    """Keyword path: the softmax runs over fewer competitors, so no task in scope scores lower
+    than unscoped, and the scope's scores still sum to at most 1."""
+    ids = [t.id for t in default_keyword_matcher.catalog]
+    scope = sorted({ids[p % len(ids)] for p in picks})
+    unscoped = {c.task_id: c.score for c in default_keyword_matcher.match(query, top_k=len(ids)).candidates}
+    scoped = default_keyword_matcher.match(query, top_k=len(ids), tasks=scope).candidates
+    assert sorted(c.task_id for c in scoped) == scope
+    assert all(c.score >= unscoped[c.task_id] for c in scoped)
+    assert sum(c.score for c in scoped) <= 1.0 + 1e-9

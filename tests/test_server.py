@@ -297,6 +297,27 @@ def test_bad_top_k_type_is_422(client: Any, top_k: object) -> None:
     assert "top_k" in api.value.detail
 
 
+def test_scoped_match_over_http_equals_the_library(server_url: str, keyword_matcher: matcher.Matcher) -> None:
+    scope = {"tasks": ["receipt-extraction", "invoice-extraction"], "categories": ["document-extraction"]}
+    response = httpx.post(f"{server_url}/v1/tasks/match", json={"query": MATCHED, "top_k": 5, **scope})
+    assert response.status_code == 200
+    assert response.json() == keyword_matcher.match(MATCHED, 5, **scope).to_dict()
+    assert {c["task_id"] for c in response.json()["candidates"]} <= set(scope["tasks"])
+
+
+@pytest.mark.parametrize(("scope", "detail"), [
+    ({"tasks": ["contract-key-field"]}, "unknown task id 'contract-key-field'; did you mean 'contract-key-fields'"),
+    ({"categories": ["vison"]}, "no task has category 'vison'; did you mean 'vision'"),
+    ({"tasks": []}, "select no task"),
+    ({"tasks": "contract-key-fields"}, "tasks"),
+    ({"categories": [1]}, "categories"),
+])
+def test_bad_scope_is_422_naming_the_closest(server_url: str, scope: dict[str, Any], detail: str) -> None:
+    response = httpx.post(f"{server_url}/v1/tasks/match", json={"query": MATCHED, **scope})
+    assert response.status_code == 422
+    assert detail in response.json()["detail"]
+
+
 def test_unknown_task_is_404_naming_the_closest_ids(client: Any) -> None:
     for call in (lambda: client.tasks.retrieve("contract-key-field"),
                  lambda: client.tasks.leaderboard("contract-key-field")):
