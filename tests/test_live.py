@@ -8,7 +8,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,11 @@ class HeldMatcher(matcher.Matcher):
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def match(self, query: str, top_k: int = 5) -> matcher.TaskMatch:
+    def match(self, query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+              categories: Iterable[str] | None = None) -> matcher.TaskMatch:
         self.entered.release()
         assert self.release.wait(60), "the test never released the held match"
-        return super().match(query, top_k)
+        return super().match(query, top_k, tasks=tasks, categories=categories)
 
 
 @pytest.fixture

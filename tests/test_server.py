@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -577,10 +577,11 @@ class HeldMatcher(matcher.Matcher):
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def match(self, query: str, top_k: int = 5) -> matcher.TaskMatch:
+    def match(self, query: str, top_k: int = 5, *, tasks: Iterable[str] | None = None,
+              categories: Iterable[str] | None = None) -> matcher.TaskMatch:
         self.entered.release()
         assert self.release.wait(60), "the test never released the held matches"
-        return super().match(query, top_k)
+        return super().match(query, top_k, tasks=tasks, categories=categories)
 
 
 def test_matches_over_the_concurrency_cap_get_a_fast_503_with_retry_after() -> None:
