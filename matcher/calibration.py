@@ -42,16 +42,17 @@ def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, d
 
 
 def confidence_tiers(scores: Sequence[float], config: MatcherConfig, *,
-                     allow_high: bool = True) -> list[str]:
+                     allow_high: bool = True, high_threshold: float | None = None) -> list[str]:
     """Tiers for scores sorted descending.
 
-    Only the leader can be ``high``: it needs the absolute threshold *and* a lead of
-    `high_margin` over the runner-up. Everything else is capped at ``medium``, so tiers never
-    rise as scores fall.
+    Only the leader can be ``high``: it needs the absolute threshold (`high_threshold`, the
+    leader's own when given, else the config's) *and* a lead of `high_margin` over the runner-up.
+    Everything else is capped at ``medium``, so tiers never rise as scores fall.
     """
+    threshold = config.high_threshold if high_threshold is None else high_threshold
     tiers = []
     for position, score in enumerate(scores):
-        if score >= config.high_threshold and position == 0 and allow_high:
+        if score >= threshold and position == 0 and allow_high:
             runner_up = scores[1] if len(scores) > 1 else 0.0
             tiers.append(HIGH if score - runner_up >= config.high_margin else MEDIUM)
         elif score >= config.medium_threshold:

@@ -51,6 +51,8 @@ class MatcherConfig:
     ``semantic_fusion * keyword_raw + (1 - semantic_fusion) * embedding_similarity``.
     `gate` is the request gate fitted by `tune` (`gate.RequestGate.to_dict()`): a ``high`` answer
     also needs its probability that the text requests a task at all to reach `gate_threshold`.
+    `task_high_thresholds` overrides `high_threshold` for the tasks it names (fitted by `tune`
+    only where a task's own labelled answers can show the precision target; see `tuning`).
     `tuning` keeps the report of the run that produced the config (not used for matching).
     """
 
@@ -75,6 +77,7 @@ class MatcherConfig:
     max_query_chars: int = 4096
     gate: dict[str, Any] | None = field(default=None, repr=False)
     gate_threshold: float = 0.0
+    task_high_thresholds: dict[str, float] = field(default_factory=dict)
     tuning: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,17 @@ class MatcherConfig:
             raise ConfigError("max_query_chars and fuzzy_min_length must be positive")
         if self.gate is not None:
             RequestGate.from_dict(self.gate, source="gate")
+        if not isinstance(self.task_high_thresholds, dict):
+            raise ConfigError("task_high_thresholds must map task ids to thresholds")
+        for task_id, value in self.task_high_thresholds.items():
+            if not (isinstance(task_id, str) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and self.medium_threshold <= value <= 1.0):
+                raise ConfigError(f"task_high_thresholds[{task_id!r}] must be a number in [medium_threshold "
+                                  f"({self.medium_threshold}), 1], got {value!r}")
+
+    def high_threshold_for(self, task_id: str) -> float:
+        """The ``high`` threshold of one task: its own when `tune` fitted one, else the global one."""
+        return self.task_high_thresholds.get(task_id, self.high_threshold)
 
     def request_gate(self) -> RequestGate | None:
         """The request gate of this config (`gate.RequestGate`), or None when it has none."""

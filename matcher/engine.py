@@ -339,8 +339,11 @@ class Matcher:
         known_words = scored.matcher == "semantic" or scored.coverage >= cfg.keyword_min_coverage
         gate_rejects = scored.gate is not None and scored.gate < cfg.gate_threshold
         allowed = not out_of_scope and known_words
-        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=allowed and not gate_rejects)
-        gate_decided = gate_rejects and allowed and confidence_tiers(task_scores[:2], cfg)[0] == HIGH
+        leader_threshold = cfg.high_threshold_for(self._profiles[int(task_order[0])].id)
+        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=allowed and not gate_rejects,
+                                 high_threshold=leader_threshold)
+        gate_decided = gate_rejects and allowed and confidence_tiers(
+            task_scores[:2], cfg, high_threshold=leader_threshold)[0] == HIGH
         candidates = tuple(
             TaskMatchCandidate(self._profiles[i].id, float(s), t)
             for i, s, t in zip(task_order[:top_k].tolist(), task_scores[:top_k], tiers, strict=False)

@@ -130,7 +130,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     source = "labelled queries" + (" and held-out catalog phrases" if len(parts) > 1 else "")
     return _fit(matcher, _Observed.concat(parts), target_precision=target_precision,
                 out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=len(parts) == 1,
-                source=source, progress=progress)
+                source=source, task_thresholds=True, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -214,8 +214,10 @@ def _observe(matcher: Matcher, texts: list[str], labels: IntArray, *, progress: 
 
 
 def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_of_scope_share: float | None,
-         gate_learns_catalog_phrases: bool, source: str, progress: bool = False) -> MatcherConfig:
-    """Every weight, calibration curve, the request gate and the thresholds, from observed queries."""
+         gate_learns_catalog_phrases: bool, source: str, task_thresholds: bool = False,
+         progress: bool = False) -> MatcherConfig:
+    """Every weight, calibration curve, the request gate and the thresholds, from observed queries;
+    per-task thresholds with `task_thresholds`, from the labelled rows (not the catalog's own texts)."""
     base, catalog = matcher.config, matcher.catalog
     profiles = catalog.profiles()
     is_task = np.array([p.kind == "task" for p in profiles])
@@ -258,7 +260,11 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
     config = replace(config, gate=gate.to_dict())
     config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
                              weights_per_query, gate_scores, progress=progress)
-    decisions = _decide(config, keyword_path, semantic_path, gate_scores)
+    ids = [p.id for p in profiles]
+    labelled = ~observed.prior_rows if task_thresholds else np.zeros(len(labels), dtype=bool)
+    config, task_report = _fit_task_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
+                                               weights_per_query, gate_scores, labelled, ids)
+    decisions = _decide(config, keyword_path, semantic_path, gate_scores, ids)
     right = float(weights_per_query[decisions.matched & decisions.correct & in_scope].sum())
     answered = float(weights_per_query[decisions.matched].sum())
     target_met = _precision_lower_bound(right, answered) >= target_precision
@@ -283,6 +289,7 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
         "catalog_prior": {"held_out_texts": int(observed.prior_rows.sum()),
                           "weight_each": round(float(observed.row_weights[observed.prior_rows].max()), 4)}
         if observed.prior_rows.any() else None,
+        "task_thresholds": task_report if task_thresholds else None,
         "catalog_fingerprint": catalog.fingerprint,
         "semantic_model": None if semantic_index is None else matcher._embedder.model_id  # type: ignore[union-attr]
     })
@@ -670,10 +677,10 @@ class _Decisions:
 
 
 def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
-            gate: FloatArray | None = None) -> _Decisions:
+            gate: FloatArray | None = None, ids: Sequence[str] = ()) -> _Decisions:
     """What the engine's cascade answers for every query under `config` (vectorized); `gate` holds
-    each query's request-gate probability."""
-    h, m, medium = config.high_threshold, config.high_margin, config.medium_threshold
+    each query's request-gate probability, and `ids` the profile ids, which per-task thresholds need."""
+    m, medium = config.high_margin, config.medium_threshold
     lead_kw = np.round(keyword.top - keyword.second, config.score_decimals)
     use_keyword = (keyword.task_leads & (keyword.top > keyword.unsupported) & keyword.known_words
                    & (keyword.top >= config.fallback_threshold) & (lead_kw >= m))
@@ -687,10 +694,16 @@ def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
     known_words = np.where(use_keyword, keyword.known_words, semantic.known_words)
     out_of_scope = (unsupported >= medium) & (unsupported > top)
     lead = np.round(top - second, config.score_decimals)
+    predicted = np.where(use_keyword, keyword.first, semantic.first)
+    if config.task_high_thresholds:
+        if not ids:
+            raise ValueError("per-task thresholds need the profile ids")
+        h: float | FloatArray = np.array([config.high_threshold_for(i) for i in ids])[predicted]
+    else:
+        h = config.high_threshold
     matched = ~out_of_scope & known_words & (top >= h) & (lead >= m)
     if gate is not None:
         matched &= gate >= config.gate_threshold
-    predicted = np.where(use_keyword, keyword.first, semantic.first)
     return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
 
 
@@ -757,13 +770,68 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
     return replace(chosen, medium_threshold=medium)
 
 
+def _task_threshold_rows(target: float, z: float = 1.645) -> int | None:
+    """The fewest answers for one task that can show `target` precision by the Wilson bound of
+    `_precision_lower_bound` (all of them right): below that, a task's own threshold is noise.
+    None when no count can (a target of 1)."""
+    if target >= 1.0:
+        return None
+    return math.ceil(z * z * target / (1.0 - target))
+
+
+def _fit_task_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None, in_scope: BoolArray,
+                         target: float, weights: FloatArray, gate: FloatArray, labelled: BoolArray,
+                         ids: Sequence[str]) -> tuple[MatcherConfig, dict[str, Any]]:
+    """Per-task ``high`` thresholds, where the labelled data supports them; the global one elsewhere.
+
+    The rule: a task gets its own threshold when at least `_task_threshold_rows(target)` labelled
+    queries (88 at 97%) would be answered with it at the lowest threshold (``medium``), the other
+    conditions of a ``high`` answer met (margin, gate, no out-of-scope profile ahead). Its threshold
+    is then chosen among those answers as the global one is: most answers right with the Wilson
+    bound of precision at `target`, else the most precise; ties go to the stricter threshold.
+    Returns the config and the report of the rule, the tasks that met it and their thresholds.
+    """
+    needed = _task_threshold_rows(target)
+    loose = _decide(replace(config, high_threshold=config.medium_threshold, task_high_thresholds={}),
+                    keyword, semantic, gate, ids)
+    answers = loose.matched & labelled
+    right_if_answered = loose.correct & in_scope
+    thresholds = sorted({config.medium_threshold, *(t for t in _THRESHOLDS if t >= config.medium_threshold)})
+    fitted: dict[str, float] = {}
+    details: dict[str, dict[str, Any]] = {}
+    for position in sorted(set(loose.predicted[answers].tolist())):
+        mine = answers & (loose.predicted == position)
+        if needed is None or int(mine.sum()) < needed:
+            continue
+        best: tuple[Any, ...] | None = None
+        for threshold in thresholds:
+            chosen = mine & (loose.top >= threshold)
+            answered, right = float(weights[chosen].sum()), float(weights[chosen & right_if_answered].sum())
+            precision = _precision_lower_bound(right, answered)
+            meets = precision >= target
+            key = (float(meets), right if meets else precision, precision, threshold)
+            if best is None or key > best:
+                best = key
+        assert best is not None
+        threshold = float(best[3])
+        details[ids[position]] = {"answers": int(mine.sum()), "threshold": threshold,
+                                  "precision_bound": round(float(best[2]), 4), "target_met": bool(best[0])}
+        if threshold != config.high_threshold:
+            fitted[ids[position]] = threshold
+    report = {"rule": f"a task's own high threshold needs at least {needed} labelled answers for it "
+                      f"(the fewest that can show {target:.0%} precision by the Wilson bound)"
+              if needed is not None else "none: no count of answers can show a precision target of 1",
+              "min_answers": needed, "tasks": details}
+    return replace(config, task_high_thresholds=dict(sorted(fitted.items()))), report
+
+
 def _report(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
             labels: IntArray, gate: FloatArray, profiles_ids: list[str], rows: BoolArray,
             weights: FloatArray) -> dict[str, Any]:
     """Precision and recall of ``high`` answers at the chosen operating point, overall and per task,
     on the `rows` reported (the labelled queries, not the catalog's own texts). The overall precision
     weighs out-of-scope answers as the fit does (`weights`); per task, every answer counts one."""
-    full = _decide(config, keyword, semantic, gate)
+    full = _decide(config, keyword, semantic, gate, profiles_ids)
     d = _Decisions(*(np.asarray(getattr(full, f.name))[rows] for f in dataclasses.fields(_Decisions)))
     labels, weights = labels[rows], weights[rows]
     in_scope = labels >= 0
@@ -776,6 +844,7 @@ def _report(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
         claimed = int((d.matched & (d.predicted == task_position)).sum())
         hits = int((right & (labels == task_position)).sum())
         per_task[profiles_ids[task_position]] = {
+            "high_threshold": config.high_threshold_for(profiles_ids[task_position]),
             "support": support,
             "matched": claimed,
             "precision": round(hits / claimed, 4) if claimed else None,

@@ -22,6 +22,10 @@ def test_round_trip_through_a_file(tmp_path: Path) -> None:
     loaded = MatcherConfig.load(path)
     assert loaded == config
     assert loaded.tuning == {"precision_high": 0.98}
+    own = config.with_changes(task_high_thresholds={"invoice-extraction": 0.9})
+    own.save(path)
+    assert MatcherConfig.load(path) == own and own.high_threshold_for("invoice-extraction") == 0.9
+    assert own.high_threshold_for("receipt-extraction") == 0.7
     assert list(tmp_path.joinpath("nested").iterdir()) == [path]
 
 
@@ -34,6 +38,9 @@ def test_round_trip_through_a_file(tmp_path: Path) -> None:
     ({"fuzzy_cutoff": 101}, "fuzzy_cutoff"),
     ({"score_decimals": 0}, "score_decimals"),
     ({"keyword_min_coverage": 1.2}, "keyword_min_coverage must be a number in [0, 1]"),
+    ({"task_high_thresholds": {"invoice-extraction": 0.1}}, "task_high_thresholds['invoice-extraction']"),
+    ({"task_high_thresholds": {"invoice-extraction": True}}, "must be a number in [medium_threshold"),
+    ({"task_high_thresholds": [("a", 0.5)]}, "must map task ids"),
 ])
 def test_invalid_settings_are_rejected(changes: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

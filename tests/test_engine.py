@@ -536,3 +536,15 @@ def test_scoped_scores_are_calibrated_among_the_scope(default_keyword_matcher: M
     assert sorted(c.task_id for c in scoped) == scope
     assert all(c.score >= unscoped[c.task_id] for c in scoped)
     assert sum(c.score for c in scoped) <= 1.0 + 1e-9
+
+
+def test_a_task_threshold_overrides_the_global_one_for_its_task_alone(default_keyword_matcher: Matcher) -> None:
+    config = default_keyword_matcher.config
+    query, other = "extract key fields from contracts", "classify support tickets by urgency"
+    before = default_keyword_matcher.match(query)
+    assert before.chosen is not None and before.chosen.score < 0.9
+    strict = Matcher(semantic=False, config=config.with_changes(task_high_thresholds={"contract-key-fields": 0.9}))
+    after = strict.match(query)
+    assert not after.matched and after.candidates[0].confidence == "medium"
+    assert [c.score for c in after.candidates] == [c.score for c in before.candidates]  # scores do not move
+    assert strict.match(other).to_dict() == default_keyword_matcher.match(other).to_dict()

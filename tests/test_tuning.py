@@ -283,3 +283,48 @@ def test_a_catalog_too_large_to_self_calibrate_falls_back_with_a_warning(
     with pytest.warns(matcher.ConfigWarning, match="self-calibration handles up to 20 profiles"):
         config = matcher.Matcher(other, semantic=False, cache_dir=tmp_path).config
     assert config == matcher.default_config(semantic=False)
+
+
+def test_a_task_gets_its_own_threshold_only_with_enough_labelled_answers() -> None:
+    from matcher.tuning import _fit_task_thresholds, _Path, _task_threshold_rows
+
+    assert _task_threshold_rows(0.97) == 88 and _task_threshold_rows(1.0) is None
+    # task "a": 90 right answers at 0.9 and 10 wrong ones at 0.5; task "b": 20 right answers at 0.8
+    top = np.array([0.9] * 90 + [0.5] * 10 + [0.8] * 20)
+    ones = np.ones(len(top), dtype=bool)
+    path = _Path(first=np.array([0] * 100 + [1] * 20), top=top, second=np.zeros(len(top)),
+                 correct=np.array([True] * 90 + [False] * 10 + [True] * 20), unsupported=np.full(len(top), -1.0),
+                 task_leads=ones, known_words=ones)
+    config = MatcherConfig(high_threshold=0.4, medium_threshold=0.3, high_margin=0.1, fallback_threshold=0.4)
+    args = (path, None, ones, 0.97, np.ones(len(top)), np.ones(len(top)))
+    fitted, report = _fit_task_thresholds(config, *args, ones, ["a", "b"])
+    assert fitted.task_high_thresholds == {"a": 0.9}  # the strictest threshold that keeps every right answer
+    assert set(report["tasks"]) == {"a"} and report["min_answers"] == 88
+    assert report["tasks"]["a"]["answers"] == 100 and report["tasks"]["a"]["target_met"]
+    assert fitted.high_threshold_for("b") == 0.4
+    unlabelled, _ = _fit_task_thresholds(config, *args, ~ones, ["a", "b"])  # catalog texts, not labels
+    assert unlabelled.task_high_thresholds == {}
+
+
+def test_tune_fits_a_task_threshold_where_labels_allow_and_the_engine_applies_it() -> None:
+    extra = [(f"we get vendor invoice number {i} by mail: pull its line items and totals", "invoice-extraction")
+             for i in range(100)]
+    rows = labelled_rows() + extra
+    tuned = matcher.tune(matcher.default_catalog(), rows, semantic=False)
+    report = tuned.tuning
+    assert report is not None
+    rule = report["task_thresholds"]
+    assert rule["min_answers"] == 88 and "88 labelled answers" in rule["rule"]
+    assert set(rule["tasks"]) == {"invoice-extraction"}  # no other task has 88 answers in these files
+    own = tuned.task_high_thresholds["invoice-extraction"]
+    assert own == rule["tasks"]["invoice-extraction"]["threshold"] != tuned.high_threshold
+    assert report["per_task"]["invoice-extraction"]["high_threshold"] == own
+    with_own = matcher.Matcher(semantic=False, config=tuned)
+    without = matcher.Matcher(semantic=False, config=tuned.with_changes(task_high_thresholds={}))
+    low, high = sorted((own, tuned.high_threshold))
+    for text, _ in rows:  # only invoice answers between the two thresholds may differ (the effect itself:
+        a, b = with_own.match(text), without.match(text)  # test_engine's task-threshold test)
+        if a.matched != b.matched:
+            assert a.candidates[0].task_id == "invoice-extraction" and low <= a.candidates[0].score < high
+        else:  # the same answer; the reasoning may name the threshold or the gate as what decided
+            assert {**a.to_dict(), "reasoning": ""} == {**b.to_dict(), "reasoning": ""}
