@@ -200,6 +200,10 @@ class Task:
             record["examples"] = [json.loads(json.dumps(example)) for example in chosen]
         return record
 
+    def to_record(self) -> dict[str, Any]:
+        """The whole record, examples and leaderboard included: what `Catalog.from_records` reads back."""
+        return {**self.to_dict(examples_n=None), "leaderboard": self.leaderboard}
+
     @classmethod
     def _from_record(cls, record: _TaskRecord) -> Task:
         keywords = tuple(sorted((term, float(weight)) for term, weight in record.keywords.items()))
@@ -287,6 +291,42 @@ class Catalog:
     def suggest(self, task_id: str, *, limit: int = 3) -> tuple[str, ...]:
         """Task ids closest to `task_id` by edit similarity, best first (ties by id)."""
         return _closest(task_id, list(self._by_id), limit=limit)
+
+    def updated(self, *, add: Iterable[Task | Mapping[str, Any]] = (),
+                replace: Iterable[Task | Mapping[str, Any]] = (), remove: Iterable[str] = ()) -> Catalog:
+        """A new catalog: this one's tasks and out-of-scope profiles with `add` records added,
+        `replace` records put in place of those with their ids, and the `remove` ids dropped,
+        validated as a whole (`CatalogError` naming the record). This catalog is unchanged.
+
+        Adding an id that exists, or naming one in two of the lists, is a `CatalogError`;
+        replacing or removing an id that does not exist is an `UnknownTaskError` naming the closest.
+        """
+        adds = [_as_record(entry, "add") for entry in _entries(add, "add")]
+        replacements = [_as_record(entry, "replace") for entry in _entries(replace, "replace")]
+        removals = _scope_values(remove, "remove")
+        present = {profile.id for profile in self._profiles}
+        named: dict[str, str] = {}
+        for what, ids in (("add", [r.get("id") for r in adds]), ("replace", [r.get("id") for r in replacements]),
+                          ("remove", removals)):
+            for task_id in ids:
+                if not isinstance(task_id, str):
+                    raise CatalogError(f"{self._source}: {what}: every record needs a string 'id', got {task_id!r}",
+                                       source=self._source, field="id")
+                if task_id in named:
+                    raise CatalogError(f"{self._source}: task {_shown(task_id)} is named twice (in {named[task_id]} "
+                                       f"and {what}): name each id once", source=self._source, task_id=task_id,
+                                       field="id")
+                named[task_id] = what
+                if what == "add" and task_id in present:
+                    raise CatalogError(f"{self._source}: add: task {_shown(task_id)} is already in the catalog: "
+                                       "pass it in replace to change it", source=self._source, task_id=task_id,
+                                       field="id")
+                if what != "add" and task_id not in present:
+                    raise UnknownTaskError(task_id, _closest(task_id, sorted(present)))
+        dropped = {task_id for task_id, what in named.items() if what != "add"}
+        kept = [profile.to_record() for profile in self._profiles if profile.id not in dropped]
+        source = self._source if self._source.endswith(" (updated)") else f"{self._source} (updated)"
+        return Catalog.from_records([*kept, *replacements, *adds], source=source)
 
     def categories(self) -> builtins.list[str]:
         """Every category a task of the catalog has, sorted."""
@@ -786,6 +826,21 @@ def _shown(value: str) -> str:
     return repr(value) if len(value) <= _SHOWN_SCOPE_CHARS else f"{value[:_SHOWN_SCOPE_CHARS]!r}..."
 
 
+def _entries(values: Iterable[Task | Mapping[str, Any]], name: str) -> builtins.list[Task | Mapping[str, Any]]:
+    if isinstance(values, (str, bytes, Mapping, Task)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of tasks or records, got {type(values).__name__}")
+    return list(values)
+
+
+def _as_record(entry: Task | Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A `Task` or a record mapping as a plain record for `Catalog.from_records`."""
+    if isinstance(entry, Task):
+        return entry.to_record()
+    if isinstance(entry, Mapping):
+        return dict(entry)
+    raise TypeError(f"{name} must hold Task objects or record mappings, got {type(entry).__name__}")
+
+
 def _scope_values(values: Iterable[str], name: str) -> builtins.list[str]:
     """`values` as a list of strings; a plain string is refused, since it would scope by its characters."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
@@ -804,8 +859,7 @@ def _has_content_words(task: Task) -> bool:
 
 
 def _fingerprint(profiles: Sequence[Task]) -> str:
-    canonical = [{**task.to_dict(examples_n=None), "leaderboard": task.leaderboard}
-                 for task in profiles]
+    canonical = [task.to_record() for task in profiles]
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -8,18 +8,18 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from .cachefiles import read_cache_file
 from .calibration import HIGH, LOW, calibrate, confidence_tiers, is_ambiguous
-from .catalog import Catalog, default_catalog, load_catalog
+from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import CONFIG_VERSION, FieldWeights, MatcherConfig
 from .errors import ConfigError, ConfigWarning, QueryError, SemanticUnavailableError
 from .gate import RequestGate
@@ -108,6 +108,8 @@ class Matcher:
         self.catalog = catalog
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._embedder = resolve_embedder(semantic, cache_dir=self._cache_dir, threads=threads)
+        self._given_config = config
+        self._reused_vectors: Mapping[str, npt.NDArray[np.float32]] | None = None
         if config is not None:
             _warn_if_tuned_elsewhere(config, catalog)
             self._config: MatcherConfig | None = config
@@ -215,10 +217,31 @@ class Matcher:
                         self._profiles, self._embedder, fingerprint=self.catalog.fingerprint,
                         cache_dir=self._cache_dir,
                         centroid_weight=self.config.semantic_centroid_weight,
+                        known=self._reused_vectors,
                     )
+                    self._reused_vectors = None
                     _log.info("semantic index built: %d profiles in %.1f s", len(self._profiles),
                               time.perf_counter() - started)
         return self._semantic
+
+    def updated(self, *, add: Iterable[Task | Mapping[str, Any]] = (),
+                replace: Iterable[Task | Mapping[str, Any]] = (), remove: Iterable[str] = ()) -> Matcher:
+        """A new matcher over this catalog with tasks added, replaced and removed
+        (`Catalog.updated`, which validates the result); this matcher is unchanged and may go on serving.
+
+        The new one shares this one's embedding model and cache folder, and reuses the embeddings
+        of every profile text it keeps, so only new texts are encoded. Its keyword index is fitted
+        again (the IDF of every word depends on the whole catalog). A config given to this matcher is
+        kept (with the `ConfigWarning` of a config tuned for another catalog); otherwise the new
+        catalog self-calibrates on first use, or reads its self-calibration from the cache.
+        """
+        catalog = self.catalog.updated(add=add, replace=replace, remove=remove)
+        fresh = Matcher(catalog, semantic=self._embedder if self._embedder is not None else False,
+                        config=self._given_config, cache_dir=self._cache_dir)
+        semantic = self._semantic
+        if semantic is not None:
+            fresh._reused_vectors = semantic.vectors_by_text()
+        return fresh
 
     def cache_info(self) -> CacheInfo:
         """Hits and misses of the fuzzy word-lookup cache so far, and whether the task embeddings

@@ -79,8 +79,7 @@ class Generation:
 
     def to_payload(self) -> dict[str, Any]:
         """The generation as plain JSON data: what a snapshot file holds, and what other processes are sent."""
-        records = [{**profile.to_dict(examples_n=None), "leaderboard": profile.leaderboard}
-                   for profile in self.catalog.profiles()]
+        records = [profile.to_record() for profile in self.catalog.profiles()]
         return {"format": GENERATION_FORMAT, "version": GENERATION_VERSION, "fingerprint": self.fingerprint,
                 "source": self.catalog.source, "catalog_fingerprint": self.catalog.fingerprint,
                 "records": records, "config": None if self.config is None else self.config.to_dict(),

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -302,7 +302,8 @@ class SemanticIndex:
     """
 
     def __init__(self, profiles: Sequence[Task], embedder: Embedder, *, fingerprint: str,
-                 cache_dir: Path | None = None, centroid_weight: float = 0.5) -> None:
+                 cache_dir: Path | None = None, centroid_weight: float = 0.5,
+                 known: Mapping[str, FloatMatrix] | None = None) -> None:
         self.ids = tuple(p.id for p in profiles)
         self._embedder = embedder
         self._centroid_weight = centroid_weight
@@ -312,15 +313,21 @@ class SemanticIndex:
             for text in profile_texts(profile):
                 texts.append(text)
                 owners.append(position)
+        self._texts = tuple(texts)
         self._owner = np.asarray(owners, dtype=np.int64)
         self._starts = np.searchsorted(self._owner, np.arange(len(profiles)))
         settings = {"format": _CACHE_FORMAT, "model_id": embedder.model_id,
                     "fingerprint": fingerprint, "texts": "title+description,phrases"}
-        self._text_vectors, self.from_cache = _cached_encode(texts, embedder, settings, cache_dir)
+        self._text_vectors, self.from_cache, self.encoded = _cached_encode(texts, embedder, settings, cache_dir,
+                                                                           known)
         self._texts64 = self._text_vectors.astype(np.float64)
         centroids = np.add.reduceat(self._texts64, self._starts, axis=0)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self._centroids64 = centroids.astype(np.float32).astype(np.float64)
+
+    def vectors_by_text(self) -> dict[str, FloatMatrix]:
+        """Each profile text's embedding (one row): what an updated catalog's index reuses."""
+        return {text: self._text_vectors[row] for row, text in enumerate(self._texts)}
 
     def components(self, vectors: FloatMatrix) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Centroid cosines and best single-text cosines, one row per query vector.
@@ -368,9 +375,11 @@ def _cache_key(settings: dict[str, Any], texts: Sequence[str]) -> str:
 
 
 def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str, Any],
-                   cache_dir: Path | None) -> tuple[FloatMatrix, bool]:
+                   cache_dir: Path | None,
+                   known: Mapping[str, FloatMatrix] | None = None) -> tuple[FloatMatrix, bool, int]:
     """Embeddings of `texts`, read from the on-disk cache when it passes every check of `_read_cache`,
-    and whether they were."""
+    or else encoded but for the `known` ones (an updated catalog's kept texts); whether they were
+    read, and how many texts the embedder encoded."""
     key = _cache_key(settings, texts)
     folder = cache_dir if cache_dir is not None else default_cache_dir()
     path = folder / f"embeddings-{key[:24]}.npz"
@@ -379,14 +388,25 @@ def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str,
     vectors = _read_cache(path, manifest, texts, embedder)
     if vectors is not None:
         _log.info("task embeddings read from the cache %s", path)
-        return vectors, True
+        return vectors, True, 0
     _log.info("encoding %d profile texts with %s (no usable cache at %s)", len(texts),
               embedder.model_id, path)
     started = time.perf_counter()
-    vectors = embedder.encode(texts)
-    _log.info("encoded %d profile texts in %.1f s", len(texts), time.perf_counter() - started)
+    vectors, encoded = _encode_new(texts, embedder, known or {})
+    _log.info("encoded %d of %d profile texts in %.1f s", encoded, len(texts), time.perf_counter() - started)
     _write_cache(path, manifest, vectors)
-    return vectors, False
+    return vectors, False, encoded
+
+
+def _encode_new(texts: Sequence[str], embedder: Embedder, known: Mapping[str, FloatMatrix]) -> tuple[FloatMatrix, int]:
+    """`texts`' embeddings, the `known` ones reused as they are and the others encoded together
+    (each once, in sorted order), and how many were encoded."""
+    if not known:
+        return embedder.encode(texts), len(texts)
+    new = sorted({text for text in texts if text not in known})
+    fresh = dict(zip(new, embedder.encode(new), strict=True)) if new else {}
+    rows = [known[text] if text in known else fresh[text] for text in texts]
+    return np.vstack(rows).astype(np.float32), len(new)
 
 
 def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> list[Path]:

@@ -468,3 +468,39 @@ def test_the_schema_documents_every_field() -> None:
             assert f"| `{name}` |" in schema, (model.__name__, name)
     for term in ("`capability`", '`type: "capability"`', "`.jsonl`", "16 MiB", "anchors and aliases", "UTF-8"):
         assert term in schema, term
+
+
+TRANSLATION = {"id": "translation", "title": "Translation", "description": "Translate text between languages.",
+               "keywords": {"translate": 1.0}, "phrases": ["turn this french email into english"]}
+
+
+def test_an_updated_catalog_adds_replaces_and_removes_and_leaves_the_old_one_alone() -> None:
+    catalog = matcher.Catalog.from_records(small_records())
+    receipt = {**catalog.get("receipt-extraction").to_record(), "title": "Receipt and till slip extraction"}
+    updated = catalog.updated(add=[TRANSLATION], replace=[receipt], remove=["sentiment-analysis"])
+    assert [t.id for t in updated] == ["invoice-extraction", "receipt-extraction", "translation"]
+    assert updated.get("receipt-extraction").title == "Receipt and till slip extraction"
+    assert updated.get("invoice-extraction") == catalog.get("invoice-extraction")
+    assert [t.id for t in catalog] == ["invoice-extraction", "receipt-extraction", "sentiment-analysis"]
+    assert updated.fingerprint != catalog.fingerprint
+    assert catalog.updated().fingerprint == catalog.fingerprint  # nothing changed, same catalog
+    as_task = matcher.Catalog.from_records([TRANSLATION]).get("translation")
+    assert catalog.updated(add=[as_task]).fingerprint == catalog.updated(add=[TRANSLATION]).fingerprint
+
+
+def test_updating_a_catalog_names_what_is_wrong() -> None:
+    catalog = matcher.Catalog.from_records(small_records())
+    with pytest.raises(CatalogError, match="already in the catalog: pass it in replace"):
+        catalog.updated(add=[{**TRANSLATION, "id": "receipt-extraction"}])
+    with pytest.raises(UnknownTaskError, match="did you mean 'receipt-extraction'"):
+        catalog.updated(replace=[{**TRANSLATION, "id": "receipt-extractoin"}])
+    with pytest.raises(UnknownTaskError, match="did you mean 'sentiment-analysis'"):
+        catalog.updated(remove=["sentiment-analysys"])
+    with pytest.raises(CatalogError, match="named twice"):
+        catalog.updated(replace=[catalog.get("receipt-extraction")], remove=["receipt-extraction"])
+    with pytest.raises(CatalogError, match=r"translation.*keywords"):
+        catalog.updated(add=[{**TRANSLATION, "keywords": {"translate": "high"}}])
+    with pytest.raises(TypeError, match="remove must be a list of strings"):
+        catalog.updated(remove="sentiment-analysis")  # type: ignore[arg-type]
+    with pytest.raises(CatalogError, match="the catalog has no tasks"):
+        catalog.updated(remove=[t.id for t in catalog])

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -548,3 +548,70 @@ def test_a_task_threshold_overrides_the_global_one_for_its_task_alone(default_ke
     assert not after.matched and after.candidates[0].confidence == "medium"
     assert [c.score for c in after.candidates] == [c.score for c in before.candidates]  # scores do not move
     assert strict.match(other).to_dict() == default_keyword_matcher.match(other).to_dict()
+
+
+NEW_TASK = {"id": "translation", "title": "Translation", "description": "Translate text between languages.",
+            "keywords": {"translate": 1.0, "language": 0.6},
+            "phrases": ["turn this french email into english", "translate our manual into german"]}
+
+
+LEGAL_TASK = {"id": "legal-clause-risk", "title": "Legal clause risk", "category": "text-classification",
+              "description": "Flag risky clauses in contracts: unlimited liability, auto-renewal, exclusivity.",
+              "keywords": {"risky clause": 1.0, "unlimited liability": 0.8, "exclusivity term": 0.8},
+              "phrases": ["which clauses in this agreement expose us to unlimited liability",
+                          "flag auto-renewal and exclusivity terms in supplier agreements"]}
+
+
+def test_an_updated_matcher_serves_the_new_catalog_as_a_fresh_one_would(
+        tmp_path: Path, default_keyword_matcher: Matcher) -> None:
+    old = Matcher(semantic=False, cache_dir=tmp_path)
+    query = "flag the clauses with unlimited liability in this agreement"
+    before = old.match(query).to_dict()
+    new = old.updated(add=[LEGAL_TASK], remove=["general-chat"])
+    assert "legal-clause-risk" in new.catalog and "general-chat" not in new.catalog
+    assert old.match(query).to_dict() == before == default_keyword_matcher.match(query).to_dict()  # unchanged
+    assert _tuned_for_fingerprint(new) == new.catalog.fingerprint  # self-calibrated for the new catalog
+    fresh = Matcher(new.catalog, semantic=False, cache_dir=tmp_path)
+    for text in (query, "pull line items and totals out of vendor invoices", "hello, how are you today"):
+        assert new.match(text).to_dict() == fresh.match(text).to_dict()
+    assert new.match(query).candidates[0].task_id == "legal-clause-risk"
+
+
+def _tuned_for_fingerprint(m: Matcher) -> str | None:
+    return (m.config.tuning or {}).get("catalog_fingerprint")
+
+
+class CountingEmbedder:
+    """The shipped model, counting the texts it is asked to encode."""
+
+    def __init__(self, inner: matcher.Embedder) -> None:
+        self.inner, self.texts = inner, 0
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        self.texts += len(texts)
+        return self.inner.encode(texts)
+
+
+def test_an_updated_matcher_encodes_only_the_new_texts(tmp_path: Path, default_semantic_matcher: Matcher) -> None:
+    assert default_semantic_matcher.embedder is not None
+    counting = CountingEmbedder(default_semantic_matcher.embedder)
+    config = MatcherConfig(high_threshold=0.5, medium_threshold=0.2)
+    old = Matcher(matcher.Catalog.from_records(small_records()), semantic=counting, config=config,
+                  cache_dir=tmp_path / "old")
+    old.warm_up()
+    counting.texts = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", matcher.ConfigWarning)  # the given config is kept, as documented
+        new = old.updated(add=[NEW_TASK])
+        new.warm_up()
+    # the new task's title with description and each phrase, and warm_up's probe query; nothing else
+    assert counting.texts == 1 + len(NEW_TASK["phrases"]) + 1
+    assert new.config == config
+    fresh = Matcher(new.catalog, semantic=default_semantic_matcher.embedder, config=config,
+                    cache_dir=tmp_path / "fresh")
+    for query in ("please translate the attached letter", "scan restaurant receipts", "vendor bills"):
+        assert new.match(query).to_dict() == fresh.match(query).to_dict()
