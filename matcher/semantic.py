@@ -393,7 +393,8 @@ def _cached_encode(texts: Sequence[str], embedder: Embedder, settings: dict[str,
               embedder.model_id, path)
     started = time.perf_counter()
     vectors, encoded = _encode_new(texts, embedder, known or {})
-    _log.info("encoded %d of %d profile texts in %.1f s", encoded, len(texts), time.perf_counter() - started)
+    _log.info("encoded %d profile texts in %.1f s%s", encoded, time.perf_counter() - started,
+              f" ({len(texts) - encoded} reused from the previous catalog)" if encoded < len(texts) else "")
     _write_cache(path, manifest, vectors)
     return vectors, False, encoded
 
