@@ -142,8 +142,6 @@ GENERATION_HEADER = "X-Task-Matcher-Generation"
 # default pool, on both paths and from 1 to 64 concurrent clients).
 MATCH_THREADS = max(4, os.cpu_count() or 1)
 DEFAULT_MAX_BODY_BYTES = 64_000
-# Ids or categories a match's scope may list: more than any catalog a request should scope by hand.
-MAX_SCOPE_ITEMS = 10_000
 # Matches in flight per worker (running or queued for a thread) before new ones get a fast 503:
 # a queue longer than this only makes every client wait (measured on 2 cores: 256 concurrent
 # semantic requests waited a median of 8.3 s); 64 is a few seconds of the slowest path's work.
@@ -188,10 +186,10 @@ class MatchRequest(BaseModel):
     top_k: StrictInt = Field(default=5, description="How many ranked candidates to return.",
                              json_schema_extra={"minimum": 1})
     tasks: list[StrictStr] | None = Field(
-        default=None, max_length=MAX_SCOPE_ITEMS,
+        default=None,
         description="Scope: only these task ids are candidates, scored among themselves (unknown ids: 422).")
     categories: list[StrictStr] | None = Field(
-        default=None, max_length=MAX_SCOPE_ITEMS,
+        default=None,
         description="Scope: only tasks of these categories are candidates (with `tasks`, both must hold).")
 
     @field_validator("query")
