@@ -40,10 +40,10 @@ from .batchio import (
     read_rows,
     text_problem,
 )
+from .cachefiles import write_atomically
 from .engine import Matcher
 from .errors import BatchError, QueryError
 from .generation import Generation
-from .semantic import write_atomically
 
 __all__ = ["BatchOptions", "BatchSummary", "Outcome", "engine_identity", "match_text", "render_summary",
            "run_batch"]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from .cachefiles import write_atomically
 from .errors import BatchError
-from .semantic import write_atomically
 
 __all__ = [
     "RESULT_FIELDS",

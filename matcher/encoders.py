@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .cachefiles import write_atomically
 from .errors import SemanticUnavailableError
 from .semantic import (
     DEFAULT_MODEL_PACKAGE,
@@ -48,7 +49,6 @@ from .semantic import (
     model_folder,
     sweep_stale_temporaries,
     thread_count,
-    write_atomically,
 )
 
 __all__ = [

