@@ -18,9 +18,9 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -94,11 +94,15 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
 
     `durable` also syncs the file and its folder to disk, so the new content survives a power loss.
     """
+    _replace_atomically(path, lambda handle: handle.write(data), durable=durable)
+
+
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object], *, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -134,11 +138,9 @@ def _checksum(arrays: Mapping[str, npt.NDArray[Any]]) -> str:
 
 def save_arrays(path: Path, manifest: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> None:
     """Write `arrays` with `manifest` and their checksum as one `.npz` file, atomically."""
-    buffer = io.BytesIO()
     content: dict[str, Any] = {**arrays, "manifest": np.asarray(json.dumps(manifest, sort_keys=True)),
                                "checksum": np.asarray(_checksum(arrays))}
-    np.savez(buffer, **content)
-    write_atomically(path, buffer.getvalue())
+    _replace_atomically(path, lambda handle: np.savez(handle, **content))  # streamed: no copy in memory
 
 
 def load_arrays(path: Path, manifest: Mapping[str, Any], names: tuple[str, ...], *,

@@ -56,6 +56,8 @@ _MAX_CACHE_OVERHEAD = 1 << 20
 # Indices larger than this do not fit the int32 index arrays the cache stores.
 _MAX_INDEX = np.iinfo(np.int32).max
 _PROBES = 3
+# Average posting-list length above which `_product` copies slices instead of gathering positions.
+_LONG_POSTINGS = 256
 _TOLERANCE = 1e-12
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -168,14 +170,15 @@ class KeywordIndex:
         """Set the index up from its arrays (`_build`'s, or a checked cache's)."""
         n, phrases = self._n, len(self._phrase_texts)
         self._terms = _strings(arrays["word_terms"])
-        self._vocab: dict[str, int] = {term: i for i, term in enumerate(self._terms)}
+        self._vocab: dict[str, int] = dict(zip(self._terms, range(len(self._terms)), strict=True))
         self._idf: FloatArray = arrays["word_idf"]
         self._rows: dict[str, Csr] = {name: (arrays[f"{name}_data"], arrays[f"{name}_indices"],
                                              arrays[f"{name}_indptr"]) for name in _ROWS}
         stacked = _vstack([self._rows[name] for name in _ROWS])
         self._word_t = _transpose(stacked, len(self._terms))
         self._flat_size = 4 * n + phrases
-        self._char_vocab: dict[str, int] = {term: i for i, term in enumerate(_strings(arrays["char_terms"]))}
+        grams = _strings(arrays["char_terms"])
+        self._char_vocab: dict[str, int] = dict(zip(grams, range(len(grams)), strict=True))
         self._char_idf: FloatArray = arrays["char_idf"]
         self._char_t: Csr = (arrays["char_data"], arrays["char_indices"], arrays["char_indptr"])
         self._surface_vocab = _strings(arrays["surface"])
@@ -349,7 +352,8 @@ def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, si
     """`matrix @ query` for a query (sorted `idx`, `values`) against a term-major matrix.
 
     Each output adds its products in term order, starting from 0, exactly as scipy's sparse
-    product of the same matrices does, so the scores are the same to the last bit.
+    product of the same matrices does, so the scores are the same to the last bit. Long posting
+    lists (large catalogs) are copied slice by slice, short ones gathered in one vectorized step.
     """
     data, indices, indptr = term_major
     if not len(idx):
@@ -359,9 +363,15 @@ def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, si
     total = int(lengths.sum())
     if not total:
         return np.zeros(size)
-    positions = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    products = data[positions] * np.repeat(values, lengths)
-    return np.bincount(indices[positions], weights=products, minlength=size).astype(np.float64, copy=False)
+    if total > _LONG_POSTINGS * len(idx):
+        bounds = list(zip(starts.tolist(), (starts + lengths).tolist(), strict=True))
+        gathered = np.concatenate([data[a:b] for a, b in bounds])
+        columns = np.concatenate([indices[a:b] for a, b in bounds])
+    else:
+        positions = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        gathered, columns = data[positions], indices[positions]
+    products = gathered * np.repeat(values, lengths)
+    return np.bincount(columns, weights=products, minlength=size).astype(np.float64, copy=False)
 
 
 def _row(matrix: Csr, position: int) -> dict[int, float]:
@@ -421,8 +431,9 @@ def _counts(rows: Sequence[Sequence[str]], vocab: dict[str, int]) -> sp.csr_matr
     """Term counts, one row per term list (every term in `vocab`), as scikit-learn counts them."""
     import scipy.sparse as sp
 
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    columns = np.array(list(map(vocab.__getitem__, itertools.chain.from_iterable(rows))), dtype=np.int64)
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    columns = np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(rows)), dtype=np.int64,
+                          count=int(lengths.sum()))
     matrix = sp.csr_matrix((np.ones(len(columns)), (np.repeat(np.arange(len(rows)), lengths), columns)),
                            shape=(len(rows), len(vocab)))
     matrix.sum_duplicates()
@@ -509,21 +520,27 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
 
     texts = _Texts.of(profiles)
     n = len(profiles)
-    docs = [[*texts.title[i], *texts.description[i], *(t for terms, _ in texts.keywords[i] for t in terms),
-             *(t for terms in texts.phrases[i] for t in terms)] for i in range(n)]
-    terms = sorted({t for doc in docs for t in doc})
+    phrase_rows = [terms_ for per in texts.phrases for terms_ in per]
+    keyword_terms = [[t for terms_, _ in pieces for t in terms_] for pieces in texts.keywords]
+    lines = [*texts.title, *texts.description, *phrase_rows, *keyword_terms]  # every line, counted in one pass
+    terms = sorted(set(itertools.chain.from_iterable(lines)))
     if not terms:
         raise ValueError("empty vocabulary: the profiles hold no content words")
-    vocab = {term: i for i, term in enumerate(terms)}
+    vocab = dict(zip(terms, range(len(terms)), strict=True))
+    counts = _counts(lines, vocab)
+    p = len(phrase_rows)
+    owners = np.repeat(np.arange(n), [len(per) for per in texts.phrases])
+    by_profile = sp.csr_matrix((np.ones(p), (owners, np.arange(p))), shape=(n, p))
+    rows = {"title": counts[:n], "description": counts[n:2 * n], "phrase_rows": counts[2 * n:2 * n + p]}
+    rows["phrases"] = sp.csr_matrix(by_profile @ rows["phrase_rows"])  # a profile's phrases are one text
+    rows["phrases"].sort_indices()
+    documents = rows["title"] + rows["description"] + rows["phrases"] + counts[2 * n + p:]
     word = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
-    word.fit(_counts(docs, vocab))
+    word.fit(documents)  # the document frequencies of the profiles' whole texts
     idf = np.asarray(word.idf_, dtype=np.float64)
     arrays: dict[str, npt.NDArray[Any]] = {"word_terms": _blob(terms), "word_idf": idf}
-    phrase_rows = [terms_ for per in texts.phrases for terms_ in per]
-    for name, rows in (("title", texts.title), ("description", texts.description),
-                       ("phrases", [[t for terms_ in per for t in terms_] for per in texts.phrases]),
-                       ("phrase_rows", phrase_rows)):
-        arrays.update(_csr(sp.csr_matrix(word.transform(_counts(rows, vocab))), name))
+    for name, matrix in rows.items():
+        arrays.update(_csr(sp.csr_matrix(word.transform(matrix)), name))
     keyword_rows = [_keyword_row(pieces, vocab, idf) for pieces in texts.keywords]
     lengths = [len(idx) for idx, _ in keyword_rows]
     keywords = sp.csr_matrix((np.concatenate([v for _, v in keyword_rows]) if n else np.zeros(0),
@@ -534,7 +551,7 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
 
     char_counts, grams = _char_counts(texts.char_words)
     char = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
-    char_matrix = sp.csr_matrix(char.fit(char_counts).transform(char_counts)).T.tocsr()
+    char_matrix = sp.csr_matrix(char.fit(char_counts).transform(char_counts, copy=False)).T.tocsr()
     char_matrix.sort_indices()
     arrays.update(_csr(char_matrix, "char"))
     arrays["char_terms"] = _blob(grams)
@@ -547,12 +564,13 @@ _ARRAYS = ("word_terms", "word_idf", *(f"{name}_{part}" for name in _ROWS for pa
            "char_terms", "char_idf", "char_data", "char_indices", "char_indptr", "surface")
 
 
-def _cache_key(profiles: Sequence[Task]) -> str:
-    """Digest of everything the index reads: each profile's id, texts and keyword weights, in order."""
-    canonical = [[p.id, p.title, p.description, [list(k) for k in p.keywords], list(p.phrases)] for p in profiles]
+def _cache_key(profiles: Sequence[Task]) -> tuple[str, int]:
+    """Digest of everything the index reads (each profile's id, texts and keyword weights, in
+    order), and the length of that text, which bounds the size of the index."""
+    canonical = [[p.id, p.title, p.description, p.keywords, p.phrases] for p in profiles]
     settings = {"format": _CACHE_FORMAT, "char_ngrams": list(_CHAR_NGRAMS)}
     blob = json.dumps([settings, canonical], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest(), len(blob)
 
 
 def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> dict[str, npt.NDArray[Any]]:
@@ -562,12 +580,10 @@ def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> dict[str,
         return _build(profiles)
     from .semantic import sweep_stale_temporaries
 
-    key = _cache_key(profiles)
+    key, chars = _cache_key(profiles)
     path = cache_dir / f"keyword-{key[:24]}.npz"
     manifest = {"format": _CACHE_FORMAT, "key": key, "profiles": len(profiles)}
     sweep_stale_temporaries(cache_dir)
-    chars = sum(len(p.title or "") + len(p.description or "") + sum(len(t) for t, _ in p.keywords)
-                + sum(map(len, p.phrases)) for p in profiles)
     try:
         arrays = load_arrays(path, manifest, _ARRAYS, max_bytes=chars * _MAX_CACHE_BYTES_PER_CHAR + _MAX_CACHE_OVERHEAD)
         if arrays is not None:

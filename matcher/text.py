@@ -46,6 +46,8 @@ def normalize(text: str) -> str:
     folded = unicodedata.normalize("NFKC", text).casefold()
     if not folded.isascii() or not folded.isprintable():
         folded = "".join(_visible(ch) for ch in folded)
+    elif "  " not in folded:  # printable ASCII holds no whitespace but single spaces: nothing to collapse
+        return folded.strip()
     return _WHITESPACE.sub(" ", folded).strip()
 
 
@@ -58,7 +60,8 @@ def _visible(ch: str) -> str:
 
 def tokenize(normalized: str) -> list[str]:
     """Word tokens of already-normalized text: runs of letters and digits; hyphens split words."""
-    return [tok.replace("’", "'") for tok in _TOKEN.findall(normalized)]
+    tokens: list[str] = _TOKEN.findall(normalized)
+    return [tok.replace("’", "'") for tok in tokens] if "’" in normalized else tokens
 
 
 @lru_cache(maxsize=65536)

@@ -363,3 +363,19 @@ def test_a_fresh_process_with_a_warm_cache_answers_without_scikit_learn_or_scipy
 def test_the_row_sets_cover_every_matrix_the_index_reads(index: KeywordIndex) -> None:
     assert set(index._rows) == set(_ROWS)
     assert index._flat_size == 4 * len(index.ids) + len(index._phrase_texts)
+
+
+@FAST
+@given(text=texts)
+def test_long_and_short_posting_lists_give_the_same_scores_to_the_last_bit(index: KeywordIndex, text: str) -> None:
+    import matcher.keyword as keyword_module
+
+    gathered = index.components(normalize(text))
+    original = keyword_module._LONG_POSTINGS
+    keyword_module._LONG_POSTINGS = 0  # every product copies slices, as it does for large catalogs
+    try:
+        sliced = index.components(normalize(text))
+    finally:
+        keyword_module._LONG_POSTINGS = original
+    for name, values in gathered.items():
+        np.testing.assert_array_equal(values, sliced[name], err_msg=name)

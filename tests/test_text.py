@@ -107,3 +107,22 @@ def test_split_negated_only_removes_words(text: str) -> None:
     assert set(tokenize(kept)) <= set(tokenize(normalized))
     assert (kept == normalized) == (not spans)
     assert split_negated(normalized) == (kept, spans)
+
+
+def _normalize_without_shortcuts(text: str) -> str:
+    """`normalize` as specified: every character visited, every whitespace run collapsed."""
+    import re
+
+    from matcher.text import _visible
+
+    folded = "".join(_visible(ch) for ch in unicodedata.normalize("NFKC", text).casefold())
+    return re.sub(r"\s+", " ", folded).strip()
+
+
+@given(st.one_of(st.text(max_size=80), st.text(alphabet=" \t\n\x0b\x0c\r\x1cab'’-", max_size=30),
+                 st.from_regex(r"[ -~]{0,60}", fullmatch=True), st.from_regex(r"[\x00-\x7f]{0,40}", fullmatch=True)))
+def test_the_shortcuts_of_normalize_and_tokenize_change_nothing(text: str) -> None:
+    from matcher.text import _TOKEN
+
+    assert normalize(text) == _normalize_without_shortcuts(text)
+    assert tokenize(text) == [token.replace("’", "'") for token in _TOKEN.findall(text)]
