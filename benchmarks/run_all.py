@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="test queries timed one by one per dataset other than default "
                              "(default 300; 50 with --quick)")
     parser.add_argument("--scaling", default=None,
-                        help="comma-separated synthetic catalog sizes (default 100,1000,10000; "
+                        help="comma-separated synthetic catalog sizes (default 100,1000,10000,100000; "
                              "100,1000 with --quick)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of the embedding model (default 1, the library's default: on a "
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     intents = args.clinc_intents if args.clinc_intents is not None else (20 if args.quick else None)
     sample = args.latency_sample if args.latency_sample is not None else (50 if args.quick else 300)
     sizes = ([int(s) for s in args.scaling.split(",") if s.strip()] if args.scaling
-             else ([100, 1000] if args.quick else [100, 1000, 10000]))
+             else ([100, 1000] if args.quick else [100, 1000, 10000, 100000]))
     repeats = 3 if args.quick else 7
 
     live = None

@@ -457,7 +457,26 @@ class _RawRecord:
         return self.line if self.node is None else _node_line(self.node, loc)
 
 
-class _CatalogLoader(yaml.SafeLoader):
+class _UniqueKeys:
+    """Mapping construction that refuses a key given twice (mixed into both catalog loaders)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping whose keys are all distinct: YAML would silently keep the last of two."""
+        first_seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[attr-defined]
+            try:
+                first = first_seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if first is not key_node:
+                raise ConstructorError(None, None, f"duplicate key {key!r} (first at line "
+                                       f"{first.start_mark.line + 1}): {_ONE_KEY}", key_node.start_mark)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)  # type: ignore[misc]
+        return mapping
+
+
+class _CatalogLoader(_UniqueKeys, yaml.SafeLoader):
     """A SafeLoader that refuses anchors, aliases and deep nesting.
 
     Aliases can expand a few lines into gigabytes ("billion laughs") and deep nesting exhausts
@@ -484,19 +503,36 @@ class _CatalogLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        """A mapping whose keys are all distinct: YAML would silently keep the last of two."""
-        first_seen: dict[object, yaml.Node] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = first_seen.setdefault(key, key_node)
-            except TypeError:  # an unhashable key: the base constructor reports it
-                continue
-            if first is not key_node:
-                raise ConstructorError(None, None, f"duplicate key {key!r} (first at line "
-                                       f"{first.start_mark.line + 1}): {_ONE_KEY}", key_node.start_mark)
-        return super().construct_mapping(node, deep)
+
+_FAST_LOADER_BASE: Any = getattr(yaml, "CSafeLoader", None)
+
+
+def _fast_loader(text: str) -> Any | None:
+    """A libyaml loader for `text` when it is safe to use one, else None (use `_CatalogLoader`).
+
+    libyaml parses several times faster than PyYAML's Python parser, but it composes anchors and
+    aliases and nests without the checks of `_CatalogLoader.compose_node`. So its events are
+    scanned first: a text with an anchor, an alias or deep nesting gets the checking loader,
+    which reports it exactly as before.
+    """
+    if _FAST_LOADER_BASE is None:
+        return None
+    depth = 0
+    for event in yaml.parse(text, Loader=_FAST_LOADER_BASE):
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+            return None
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth >= _MAX_DEPTH - 1:
+                return None
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return _FastCatalogLoader(text)
+
+
+if _FAST_LOADER_BASE is not None:
+    class _FastCatalogLoader(_UniqueKeys, _FAST_LOADER_BASE):  # type: ignore[misc]
+        """libyaml's safe loader with the catalog's duplicate-key check (see `_fast_loader`)."""
 
 
 def _read_file(file: Path, problems: _Problems) -> list[_RawRecord]:
@@ -528,11 +564,21 @@ def _read_file(file: Path, problems: _Problems) -> list[_RawRecord]:
 
 def _yaml_records(text: str, source: str, problems: _Problems) -> list[_RawRecord]:
     """Parse YAML keeping the node tree, so each record (and field) knows its line."""
-    loader: _CatalogLoader | None = None
+    loader: Any = None
     try:
-        loader = _CatalogLoader(text)
-        root = loader.get_single_node()
-        data = None if root is None else loader.construct_document(root)
+        try:
+            loader = _fast_loader(text)
+            if loader is not None:
+                root = loader.get_single_node()
+                data = None if root is None else loader.construct_document(root)
+        except (yaml.YAMLError, ValueError, RecursionError):  # reported by the checking loader, as always
+            if loader is not None:
+                loader.dispose()
+            loader = None
+        if loader is None:
+            loader = _CatalogLoader(text)
+            root = loader.get_single_node()
+            data = None if root is None else loader.construct_document(root)
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         message, line, column = _yaml_error(exc, text)
         problems.add(source, f"cannot parse catalog file: {message}", line=line, column=column)

@@ -223,11 +223,14 @@ class KeywordIndex:
                       idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Sublinear TF * IDF of the known `terms`, L2-normalised, as (sorted indices, values)."""
         counts = Counter(terms)
-        known = sorted((vocab[term], count) for term, count in counts.items() if term in vocab)
-        if not known:
+        ids = np.fromiter(map(vocab.get, counts, itertools.repeat(-1)), dtype=np.int64, count=len(counts))
+        known = np.flatnonzero(ids >= 0)
+        if not len(known):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        idx = np.fromiter((i for i, _ in known), dtype=np.int64, count=len(known))
-        tf = np.fromiter((1.0 + math.log(c) for _, c in known), dtype=np.float64, count=len(known))
+        order = known[np.argsort(ids[known])]
+        frequencies = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[order]
+        tf = 1.0 + np.fromiter(map(math.log, frequencies.tolist()), dtype=np.float64, count=len(order))
+        idx = ids[order]
         values = tf * idf[idx]
         return idx, values / np.linalg.norm(values)
 
@@ -539,8 +542,8 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
     word.fit(documents)  # the document frequencies of the profiles' whole texts
     idf = np.asarray(word.idf_, dtype=np.float64)
     arrays: dict[str, npt.NDArray[Any]] = {"word_terms": _blob(terms), "word_idf": idf}
-    for name, matrix in rows.items():
-        arrays.update(_csr(sp.csr_matrix(word.transform(matrix)), name))
+    for name, matrix in rows.items():  # (scikit-learn refuses a matrix of no rows: catalogs without phrases)
+        arrays.update(_csr(sp.csr_matrix(word.transform(matrix)) if matrix.shape[0] else matrix, name))
     keyword_rows = [_keyword_row(pieces, vocab, idf) for pieces in texts.keywords]
     lengths = [len(idx) for idx, _ in keyword_rows]
     keywords = sp.csr_matrix((np.concatenate([v for _, v in keyword_rows]) if n else np.zeros(0),

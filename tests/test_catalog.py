@@ -504,3 +504,38 @@ def test_updating_a_catalog_names_what_is_wrong() -> None:
         catalog.updated(remove="sentiment-analysis")  # type: ignore[arg-type]
     with pytest.raises(CatalogError, match="the catalog has no tasks"):
         catalog.updated(remove=[t.id for t in catalog])
+
+
+def test_libyaml_and_the_checking_loader_read_the_default_catalog_alike() -> None:
+    from importlib import resources
+
+    from matcher.catalog import _CatalogLoader, _fast_loader, _node_line
+
+    folder = resources.files("matcher") / "data" / "catalog"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".yaml"))
+    assert files
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        fast, checking = _fast_loader(text), _CatalogLoader(text)
+        assert fast is not None, file.name  # no anchor, alias or deep nesting: libyaml reads it
+        roots = fast.get_single_node(), checking.get_single_node()
+        assert fast.construct_document(roots[0]) == checking.construct_document(roots[1]), file.name
+        for index in range(len(roots[1].value)):
+            for field in ("id", "keywords", "phrases"):
+                assert _node_line(roots[0], (index, field)) == _node_line(roots[1], (index, field)), file.name
+
+
+@pytest.mark.parametrize("text", ["a: &x 1\nb: *x\n", "- a: &x 1\n", "[" * 120 + "]" * 120 + "\n"])
+def test_anchors_aliases_and_deep_nesting_are_left_to_the_checking_loader(text: str) -> None:
+    from matcher.catalog import _fast_loader
+
+    assert _fast_loader(text) is None
+
+
+def test_the_libyaml_loader_refuses_duplicate_keys_too() -> None:
+    from matcher.catalog import _fast_loader
+
+    fast = _fast_loader("a: 1\nb: 2\na: 3\n")
+    assert fast is not None
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'a' \\(first at line 1\\)"):
+        fast.construct_document(fast.get_single_node())

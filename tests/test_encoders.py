@@ -245,3 +245,18 @@ def test_concurrent_matches_equal_sequential_ones(exported_cache: Path, default_
     expected = [default_semantic_matcher.match(q).to_dict() for q in queries]
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(lambda q: fresh.match(q).to_dict(), queries)) == expected
+
+
+def test_a_batched_encode_is_not_bit_identical_to_one_by_one_encodes(exported_cache: Path) -> None:
+    # Why the server encodes each request on its own instead of micro-batching concurrent ones:
+    # padding a query into a batch moves the last bits of its vector, so a result would depend on
+    # which other requests arrived at the same moment. Should a runtime ever make the two
+    # identical, this test fails, and micro-batching becomes possible.
+    texts = corpus_sample(every=7)[:64:2]
+    assert len(texts) == 32
+    onnx = OnnxEmbedder(cache_dir=exported_cache, batch_threads=1)
+    single = np.vstack([onnx.encode([text]) for text in texts])
+    batched = onnx.encode(texts)  # one padded batch of 32
+    identical = [bool(np.array_equal(a, b)) for a, b in zip(single, batched, strict=True)]
+    assert not all(identical), "a batched encode gave every query its one-by-one vector"
+    assert float(np.min(np.sum(single.astype(np.float64) * batched, axis=1))) >= 0.99999  # the last bits only

@@ -379,3 +379,13 @@ def test_long_and_short_posting_lists_give_the_same_scores_to_the_last_bit(index
         keyword_module._LONG_POSTINGS = original
     for name, values in gathered.items():
         np.testing.assert_array_equal(values, sliced[name], err_msg=name)
+
+
+def test_a_catalog_without_phrases_builds_caches_and_scores(tmp_path: Path) -> None:
+    records = [{key: value for key, value in record.items() if key != "phrases"} for record in small_records()]
+    built = cached(tmp_path, records)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read = cached(tmp_path, records)
+    same_scores(built, read)
+    assert built.components(normalize("restaurant receipts"))["best_phrase"].tolist() == [0.0, 0.0, 0.0]

@@ -200,6 +200,42 @@ def test_async_match_equals_library(server_url: str, keyword_matcher: matcher.Ma
         assert len(got.candidates) == 3
 
 
+def starlette_bytes(body: object) -> bytes:
+    """The body as Starlette's `JSONResponse` renders it (what the server sent before orjson)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+RENDERED_QUERIES = (MATCHED, GIBBERISH, OUT_OF_SCOPE, MIXED_SCRIPTS, "invoce \"parsing\" \\ / \t tab\nline",
+                    "\x7f\u2028\u2029 \u00e9t\u00e9 caf\u00e9 \u2014 1e-05 0.1", "translate emails " * 40)
+
+
+@pytest.mark.parametrize("query", RENDERED_QUERIES)
+def test_match_bodies_are_the_bytes_starlette_would_send(server_url: str, keyword_matcher: matcher.Matcher,
+                                                         query: str) -> None:
+    # rendered by orjson: the same bytes as before, and the library's answer
+    response = httpx.post(f"{server_url}/v1/tasks/match", json={"query": query, "top_k": 3}, timeout=30)
+    assert response.status_code == 200
+    assert response.content == starlette_bytes(keyword_matcher.match(query, top_k=3).to_dict())
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_catalog_and_health_bodies_are_the_bytes_starlette_would_send(server_url: str, board_url: str,
+                                                                      keyword_matcher: matcher.Matcher) -> None:
+    from matcher.leaderboard import board_body
+
+    catalog = keyword_matcher.catalog
+    task = catalog.list()[0]
+    for base, path, expected in (
+            (server_url, "/v1/tasks", {"tasks": [t.to_dict(examples_n=0) for t in catalog.list()]}),
+            (server_url, f"/v1/tasks/{task.id}?examples_n=2", task.to_dict(examples_n=2)),
+            (server_url, "/healthz", {"status": "ok", "tasks": len(catalog), "semantic": False}),
+            (board_url, "/v1/tasks/invoice-extraction/leaderboard",
+             board_body(matcher.Catalog.from_records(BOARD_RECORDS).get("invoice-extraction")))):
+        response = httpx.get(f"{base}{path}", timeout=30)
+        assert response.status_code == 200, path
+        assert response.content == starlette_bytes(expected), path
+
+
 def test_top_k_is_passed_through(client: Any, keyword_matcher: matcher.Matcher) -> None:
     got = client.tasks.match(MATCHED, top_k=1000)
     assert len(got.candidates) == len(keyword_matcher.catalog)
