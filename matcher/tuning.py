@@ -634,8 +634,8 @@ def _fit_request_gate(matcher: Matcher, observed: _Observed, *, learn_catalog_ph
 
     The catalog's task phrases are requests and its out-of-scope profiles' phrases are not; they
     are in every fold's training data. Both classes weigh the same in the fit, each query counting
-    its weight. With the semantic
-    backstop the gate also reads each request's embedding (the vector the engine computes anyway).
+    its weight. With the semantic backstop the gate also reads each request's embedding (the
+    vector the engine computes anyway).
     """
     catalog = matcher.catalog
     phrases = [(normalize(phrase), task.kind == "task") for task in catalog.profiles() for phrase in task.phrases]
