@@ -144,9 +144,24 @@ def _section(overall: Any, label: str, module: str, *args: str, timeout: float =
     import subprocess
 
     overall.set_postfix_str(label)
-    run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         check=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", module, *args]
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, check=True, timeout=timeout,
+                             cwd=Path(__file__).resolve().parents[1])
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        return failed_section(label, module, exc)
     return run.stdout.strip()
+
+
+def failed_section(label: str, module: str, exc: Exception) -> str:
+    """A section that says its benchmark failed and how, so one failing section does not lose the run."""
+    stderr = getattr(exc, "stderr", None) or ""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    tail = "\n".join(stderr.strip().splitlines()[-15:]) or "(no output)"
+    sys.stderr.write(f"benchmark section {label!r} failed: {exc}\n{tail}\n")
+    return (f"## {label} (`python -m {module}`): failed in this run\n\n"
+            f"`python -m {module}` did not finish ({exc}); the last lines of its output:\n\n```\n{tail}\n```")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -452,3 +452,15 @@ def test_batch_benchmark_section_flags_an_output_unlike_match_many() -> None:
     rows = [line for line in lines if line.startswith("| keyword")]
     assert rows[0] == "| keyword | 1 worker | 1,000 | 1 | 12.5 | 80 | 100 | 150 | `aaaaaaaaaaaa` | yes |"
     assert rows[1].endswith("| **no** |")
+
+
+def test_a_failed_section_says_so_with_its_output_instead_of_losing_the_run() -> None:
+    import subprocess
+
+    from benchmarks import run_all
+
+    error = subprocess.CalledProcessError(1, ["python", "-m", "benchmarks.reload"],
+                                          stderr="line 1\nTimeoutError: the workers did not all reach it\n")
+    text = run_all.failed_section("reload under load", "benchmarks.reload", error)
+    assert text.startswith("## reload under load (`python -m benchmarks.reload`): failed in this run")
+    assert "TimeoutError: the workers did not all reach it" in text and "exit status 1" in text
