@@ -232,7 +232,7 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
         keyword_raw, coverage, labels, is_task, weights_per_query,
         (base.keyword_slope, base.keyword_null_bias, base.keyword_null_coverage))
     config = replace(base, field_weights=weights, keyword_slope=k_slope, keyword_null_bias=k_bias,
-                     keyword_null_coverage=k_coverage, tuning=None)
+                     keyword_null_coverage=k_coverage, task_high_thresholds={}, tuning=None)
     keyword_scores = calibrate(keyword_raw, slope=k_slope, null_bias=k_bias, null_coverage=k_coverage,
                                coverage=coverage, decimals=base.score_decimals)
     keyword_path = _reduce(keyword_scores, labels, is_task, coverage >= base.keyword_min_coverage)

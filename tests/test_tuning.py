@@ -328,3 +328,9 @@ def test_tune_fits_a_task_threshold_where_labels_allow_and_the_engine_applies_it
             assert a.candidates[0].task_id == "invoice-extraction" and low <= a.candidates[0].score < high
         else:  # the same answer; the reasoning may name the threshold or the gate as what decided
             assert {**a.to_dict(), "reasoning": ""} == {**b.to_dict(), "reasoning": ""}
+
+
+def test_tune_starts_from_a_config_with_task_thresholds_without_keeping_them() -> None:
+    base = MatcherConfig(task_high_thresholds={"invoice-extraction": 0.9})
+    tuned = matcher.tune(matcher.default_catalog(), labelled_rows(), semantic=False, base=base)
+    assert tuned.task_high_thresholds == {}  # fitted again from these labels, where none qualifies
