@@ -30,9 +30,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from .load import package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "corpora" / "queries"
@@ -198,12 +199,7 @@ def render(cases: Sequence[Case], facts: dict[str, Any]) -> str:
                     f"`{case.digest[:12]}` | {equal} |")
     refs = "; ".join(f"{path}: `{ref['digest'][:12]}`, `match_many` alone {ref['match_many rate']:,.0f} queries/s"
                      for path, ref in reference.items())
-    versions = []
-    for name in _PACKAGES:
-        try:
-            versions.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            versions.append(f"{name} (not installed)")
+    versions = package_versions(_PACKAGES)
     return "\n".join([
         "## task-matcher batch",
         "",

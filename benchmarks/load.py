@@ -203,6 +203,17 @@ def measure(server: str, url: str, queries: dict[str, list[str]], paths: Sequenc
     return rows
 
 
+def package_versions(names: Sequence[str]) -> list[str]:
+    """``"name version"`` of each installed package, ``"name (not installed)"`` of the others."""
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return found
+
+
 def machine_facts(workers: int, *, client: bool = True) -> str:
     """Cores, CPU, Python and package versions (with `client`, the load client too), as markdown bullet lines."""
     cpu = "unknown"
@@ -215,12 +226,7 @@ def machine_facts(workers: int, *, client: bool = True) -> str:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    versions = []
-    for name in _PACKAGES:
-        try:
-            versions.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            versions.append(f"{name} (not installed)")
+    versions = package_versions(_PACKAGES)
     lines = [
         f"- cores: {os.cpu_count()} logical, {usable} usable; CPU: {cpu}; load average at start {load}",
         f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}",
