@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     _threads_option(tune)
     tune.add_argument("--target-precision", type=float, default=0.97,
                       help="share of high answers that must be right on the labelled data")
+    tune.add_argument("--precision-z", type=float, default=None, metavar="Z",
+                      help="safety margin on that precision, in standard errors of its Wilson lower bound "
+                           "(default 1); larger answers less on small label sets")
     tune.add_argument("--out-of-scope-share", type=_share, default=0.25, metavar="SHARE",
                       help="weight of the out-of-scope queries, as a share of all queries, in the calibration "
                            "fit and the precision of high answers (default 0.25); 'none' keeps the labelled "
@@ -361,13 +364,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "batch":
         return _batch(args)
     if args.command == "tune":
-        from .tuning import load_labelled, tune
+        from .tuning import PRECISION_Z, load_labelled, tune
 
         catalog, labelled = _catalog(args), [row for path in args.labelled for row in load_labelled(path)]
         _prepare_output(args.out)
         tuned = tune(catalog, labelled,
                      semantic=_embedder_choice(args.semantic, args.threads),
                      target_precision=args.target_precision,
+                     precision_z=PRECISION_Z if args.precision_z is None else args.precision_z,
                      out_of_scope_share=args.out_of_scope_share,
                      catalog_phrases=not args.labelled_only, progress=True)
         tuned.save(args.out)

@@ -33,7 +33,7 @@ from .keyword import SIGNALS, combine
 from .semantic import Embedder, profile_texts
 from .text import normalize, split_negated
 
-__all__ = ["load_labelled", "self_calibrate", "tune"]
+__all__ = ["PRECISION_Z", "load_labelled", "self_calibrate", "tune"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -56,6 +56,12 @@ _GRID_TOLERANCE = 1e-9
 _GATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(19))
 _GATE_FOLDS = 5
 _LABELLED_KEYS = frozenset({"text", "task_id", "style", "kind", "note"})
+PRECISION_Z = 1.0
+"""Default safety margin on precision, in standard errors of the Wilson bound: one standard error.
+In two-fold cross-validation on the default catalog's tuning split (`benchmarks/precision_z.py`,
+figures in `benchmarks/PRECISION_Z.md`), z = 1 answered the most held-out queries in both folds
+and on the validation split, with precision at least 98.5% (target 97%); 1.645 answered 4-6 points
+fewer, and below 1 the per-task thresholds, whose minimum answers shrink with z, overfit."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ class _Path:
 def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
          semantic: SemanticOption = "auto", base: MatcherConfig | None = None,
          target_precision: float = 0.97, out_of_scope_share: float | None = 0.25,
-         catalog_phrases: bool = True, progress: bool = False) -> MatcherConfig:
+         precision_z: float = PRECISION_Z, catalog_phrases: bool = True,
+         progress: bool = False) -> MatcherConfig:
     """Fit a `MatcherConfig` to `labelled` (text, task id or None for out-of-scope) pairs.
 
     With `catalog_phrases` (the default) the labelled queries are added to what self-calibration
@@ -97,6 +104,10 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     weighs on ``high`` as it would in traffic where one request in four is out of scope (0.25
     beat 0.5 and the labelled proportions in two-fold cross-validation on the tuning splits of
     the benchmark datasets). ``None`` keeps the labelled proportions.
+
+    `precision_z` is the safety margin on precision, in standard errors: a setting reaches
+    `target_precision` when the Wilson lower bound of its precision at that z does (see
+    `PRECISION_Z` for how the default was chosen). Larger values answer less on small label sets.
     """
     base = base if base is not None else MatcherConfig()
     pairs = [(text, label) for text, label in labelled]
@@ -109,6 +120,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
     if out_of_scope_share is not None and not 0.0 < out_of_scope_share < 1.0:
         raise ValueError(f"out_of_scope_share must be in (0, 1) or None, got {out_of_scope_share}")
+    _check_precision_z(precision_z)
 
     texts = [normalize(text) for text, _ in pairs]
     labels = _positions(catalog, [label for _, label in pairs])
@@ -129,6 +141,7 @@ def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
     parts.append(_observe(matcher, texts, labels, progress=progress))
     source = "labelled queries" + (" and held-out catalog phrases" if len(parts) > 1 else "")
     return _fit(matcher, _Observed.concat(parts), target_precision=target_precision,
+                precision_z=precision_z,
                 out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=len(parts) == 1,
                 source=source, task_thresholds=True, progress=progress)
 
@@ -213,9 +226,9 @@ def _observe(matcher: Matcher, texts: list[str], labels: IntArray, *, progress: 
     return _Observed(texts, labels, signals, coverage, centroid, best, vectors)
 
 
-def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_of_scope_share: float | None,
-         gate_learns_catalog_phrases: bool, source: str, task_thresholds: bool = False,
-         progress: bool = False) -> MatcherConfig:
+def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, precision_z: float,
+         out_of_scope_share: float | None, gate_learns_catalog_phrases: bool, source: str,
+         task_thresholds: bool = False, progress: bool = False) -> MatcherConfig:
     """Every weight, calibration curve, the request gate and the thresholds, from observed queries;
     per-task thresholds with `task_thresholds`, from the labelled rows (not the catalog's own texts)."""
     base, catalog = matcher.config, matcher.catalog
@@ -259,19 +272,19 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
                                           progress=progress)
     config = replace(config, gate=gate.to_dict())
     config = _fit_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
-                             weights_per_query, gate_scores, progress=progress)
+                             weights_per_query, gate_scores, z=precision_z, progress=progress)
     ids = [p.id for p in profiles]
     labelled = ~observed.prior_rows if task_thresholds else np.zeros(len(labels), dtype=bool)
     config, task_report = _fit_task_thresholds(config, keyword_path, semantic_path, in_scope, target_precision,
-                                               weights_per_query, gate_scores, labelled, ids)
+                                               weights_per_query, gate_scores, labelled, ids, z=precision_z)
     decisions = _decide(config, keyword_path, semantic_path, gate_scores, ids)
     right = float(weights_per_query[decisions.matched & decisions.correct & in_scope].sum())
     answered = float(weights_per_query[decisions.matched].sum())
-    target_met = _precision_lower_bound(right, answered) >= target_precision
+    target_met = _precision_lower_bound(right, answered, precision_z) >= target_precision
     if not target_met:
         warnings.warn(
             f"no setting reaches {target_precision:.0%} precision for high answers on these {source} "
-            "(one-sided 95% bound); the most precise setting was kept, so `matched` will be "
+            f"(Wilson lower bound at z = {precision_z:g}); the most precise setting was kept, so `matched` will be "
             "wrong more often than the target. Add labelled data, enrich the catalog profiles or "
             "enable the semantic backstop.", RuntimeWarning, stacklevel=3)
     reported = observed.reported
@@ -281,7 +294,8 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, out_
         "source": source,
         "target_precision": target_precision,
         "target_met": bool(target_met),
-        "labels_needed": _labels_needed(right, answered, target_precision),
+        "precision_z": precision_z,
+        "labels_needed": _labels_needed(right, answered, target_precision, precision_z),
         "out_of_scope_share": out_of_scope_share,
         "queries": int(reported.sum()),
         "in_scope": int((in_scope & reported).sum()),
@@ -304,7 +318,8 @@ _SELF_CALIBRATION_MAX_PROFILES = 2000
 
 def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base: MatcherConfig | None = None,
                    out_of_scope: Iterable[str] | None = None, target_precision: float = 0.97,
-                   out_of_scope_share: float | None = 0.25, progress: bool = False) -> MatcherConfig:
+                   out_of_scope_share: float | None = 0.25, precision_z: float = PRECISION_Z,
+                   progress: bool = False) -> MatcherConfig:
     """Fit a `MatcherConfig` for a catalog that has no labelled queries, from its own texts.
 
     Each task's phrases are split into two folds by position; every phrase is scored as a
@@ -316,11 +331,12 @@ def self_calibrate(catalog: Catalog, *, semantic: SemanticOption = "auto", base:
     one beyond that). Raises ValueError when the catalog has fewer than 10 phrases to hold out or
     more than 2,000 profiles; `Matcher` then falls back to the shipped config with a warning.
     """
+    _check_precision_z(precision_z)
     base = base if base is not None else MatcherConfig()
     negatives = [normalize(t) for t in (out_of_scope if out_of_scope is not None else _shipped_out_of_scope())]
     full, parts = _catalog_observations(catalog, semantic=semantic, base=base, negatives=negatives,
                                         progress=progress)
-    return _fit(full, _Observed.concat(parts), target_precision=target_precision,
+    return _fit(full, _Observed.concat(parts), target_precision=target_precision, precision_z=precision_z,
                 out_of_scope_share=out_of_scope_share, gate_learns_catalog_phrases=False,
                 source="held-out catalog phrases (self-calibration)", progress=progress)
 
@@ -422,8 +438,8 @@ class _MemoEmbedder:
         return np.vstack([self._vectors[t] for t in texts]).astype(np.float32)
 
 
-def _labels_needed(right: float, answered: float, target: float) -> int | None:
-    """How many answered queries, at the observed precision, would put its 95% lower bound at `target`.
+def _labels_needed(right: float, answered: float, target: float, z: float) -> int | None:
+    """How many answered queries, at the observed precision, would put its lower bound at `target`.
 
     None when the observed precision itself is below the target: no amount of such data suffices.
     """
@@ -431,7 +447,7 @@ def _labels_needed(right: float, answered: float, target: float) -> int | None:
         return None
     precision = right / answered
     for n in itertools.chain(range(1, 1000), range(1000, 100_001, 100)):
-        if _precision_lower_bound(precision * n, float(n)) >= target:
+        if _precision_lower_bound(precision * n, float(n), z) >= target:
             return n
     return None
 
@@ -707,8 +723,14 @@ def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
     return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
 
 
-def _precision_lower_bound(right: float, answered: float, z: float = 1.645) -> float:
-    """Wilson score lower bound of precision: a target met by it tends to hold on unseen queries."""
+def _check_precision_z(z: float) -> None:
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not 0.0 <= z <= 5.0:
+        raise ValueError(f"precision_z must be a number of standard errors in [0, 5], got {z!r}")
+
+
+def _precision_lower_bound(right: float, answered: float, z: float) -> float:
+    """Wilson score lower bound of precision at `z` standard errors: a target met by it tends to
+    hold on unseen queries."""
     if answered == 0:
         return 0.0
     p = right / answered
@@ -720,12 +742,12 @@ def _precision_lower_bound(right: float, answered: float, z: float = 1.645) -> f
 
 def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
                     in_scope: BoolArray, target: float, weights: FloatArray, gate: FloatArray, *,
-                    progress: bool = False) -> MatcherConfig:
+                    z: float, progress: bool = False) -> MatcherConfig:
     """Pick (fallback, high, margin, gate threshold) answering most queries right at `target` precision,
     then medium.
 
-    Precision is judged by its one-sided 95% Wilson lower bound (z = 1.645, chosen by two-fold
-    cross-validation on the tuning split), so a target reached on the tuning queries is not an
+    Precision is judged by its Wilson lower bound at `z` standard errors (`PRECISION_Z`), so a
+    target reached on the tuning queries is not an
     artefact of a few lucky answers, with each query weighted as in the calibration fit, so a
     false match on an out-of-scope query costs what `out_of_scope_share` says; if no setting reaches it, the most
     precise one wins. Ties go to the more precise setting, then the stricter threshold, margin and
@@ -751,7 +773,7 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
                 matched = ungated.matched & (gate >= gate_threshold)
                 answered = float(weights[matched].sum())
                 right = float(weights[matched & right_if_matched].sum())
-                precision = _precision_lower_bound(right, answered)
+                precision = _precision_lower_bound(right, answered, z)
                 meets = precision >= target
                 key = (float(meets), right if meets else precision, precision, high, margin, gate_threshold,
                        -fallback)
@@ -770,7 +792,7 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
     return replace(chosen, medium_threshold=medium)
 
 
-def _task_threshold_rows(target: float, z: float = 1.645) -> int | None:
+def _task_threshold_rows(target: float, z: float) -> int | None:
     """The fewest answers for one task that can show `target` precision by the Wilson bound of
     `_precision_lower_bound` (all of them right): below that, a task's own threshold is noise.
     None when no count can (a target of 1)."""
@@ -781,17 +803,17 @@ def _task_threshold_rows(target: float, z: float = 1.645) -> int | None:
 
 def _fit_task_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | None, in_scope: BoolArray,
                          target: float, weights: FloatArray, gate: FloatArray, labelled: BoolArray,
-                         ids: Sequence[str]) -> tuple[MatcherConfig, dict[str, Any]]:
+                         ids: Sequence[str], *, z: float) -> tuple[MatcherConfig, dict[str, Any]]:
     """Per-task ``high`` thresholds, where the labelled data supports them; the global one elsewhere.
 
-    The rule: a task gets its own threshold when at least `_task_threshold_rows(target)` labelled
-    queries (88 at 97%) would be answered with it at the lowest threshold (``medium``), the other
+    The rule: a task gets its own threshold when at least `_task_threshold_rows(target, z)` labelled
+    queries (33 at 97% and z = 1) would be answered with it at the lowest threshold (``medium``), the other
     conditions of a ``high`` answer met (margin, gate, no out-of-scope profile ahead). Its threshold
     is then chosen among those answers as the global one is: most answers right with the Wilson
     bound of precision at `target`, else the most precise; ties go to the stricter threshold.
     Returns the config and the report of the rule, the tasks that met it and their thresholds.
     """
-    needed = _task_threshold_rows(target)
+    needed = _task_threshold_rows(target, z)
     loose = _decide(replace(config, high_threshold=config.medium_threshold, task_high_thresholds={}),
                     keyword, semantic, gate, ids)
     answers = loose.matched & labelled
@@ -807,7 +829,7 @@ def _fit_task_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path 
         for threshold in thresholds:
             chosen = mine & (loose.top >= threshold)
             answered, right = float(weights[chosen].sum()), float(weights[chosen & right_if_answered].sum())
-            precision = _precision_lower_bound(right, answered)
+            precision = _precision_lower_bound(right, answered, z)
             meets = precision >= target
             key = (float(meets), right if meets else precision, precision, threshold)
             if best is None or key > best:

@@ -269,10 +269,12 @@ def test_tune_reports_how_many_answers_the_precision_target_needs() -> None:
     assert report["labels_needed"] is None or report["labels_needed"] >= 1
     from matcher.tuning import _labels_needed
 
-    assert _labels_needed(99.0, 100.0, 0.97) is not None
-    assert _labels_needed(90.0, 100.0, 0.97) is None
-    n = _labels_needed(1.0, 1.0, 0.95)
+    assert _labels_needed(99.0, 100.0, 0.97, 1.645) is not None
+    assert _labels_needed(90.0, 100.0, 0.97, 1.645) is None
+    n = _labels_needed(1.0, 1.0, 0.95, 1.645)
     assert n is not None and 40 < n < 60  # all right: about 50 answers put the 95% bound at 95%
+    fewer = _labels_needed(1.0, 1.0, 0.95, 1.0)
+    assert fewer is not None and 15 < fewer < 25  # one standard error: about 19
 
 
 def test_a_catalog_too_large_to_self_calibrate_falls_back_with_a_warning(
@@ -288,7 +290,8 @@ def test_a_catalog_too_large_to_self_calibrate_falls_back_with_a_warning(
 def test_a_task_gets_its_own_threshold_only_with_enough_labelled_answers() -> None:
     from matcher.tuning import _fit_task_thresholds, _Path, _task_threshold_rows
 
-    assert _task_threshold_rows(0.97) == 88 and _task_threshold_rows(1.0) is None
+    assert _task_threshold_rows(0.97, 1.645) == 88 and _task_threshold_rows(1.0, 1.645) is None
+    assert _task_threshold_rows(0.97, matcher.tuning.PRECISION_Z) == 33
     # task "a": 90 right answers at 0.9 and 10 wrong ones at 0.5; task "b": 20 right answers at 0.8
     top = np.array([0.9] * 90 + [0.5] * 10 + [0.8] * 20)
     ones = np.ones(len(top), dtype=bool)
@@ -297,12 +300,12 @@ def test_a_task_gets_its_own_threshold_only_with_enough_labelled_answers() -> No
                  task_leads=ones, known_words=ones)
     config = MatcherConfig(high_threshold=0.4, medium_threshold=0.3, high_margin=0.1, fallback_threshold=0.4)
     args = (path, None, ones, 0.97, np.ones(len(top)), np.ones(len(top)))
-    fitted, report = _fit_task_thresholds(config, *args, ones, ["a", "b"])
+    fitted, report = _fit_task_thresholds(config, *args, ones, ["a", "b"], z=1.645)
     assert fitted.task_high_thresholds == {"a": 0.9}  # the strictest threshold that keeps every right answer
     assert set(report["tasks"]) == {"a"} and report["min_answers"] == 88
     assert report["tasks"]["a"]["answers"] == 100 and report["tasks"]["a"]["target_met"]
     assert fitted.high_threshold_for("b") == 0.4
-    unlabelled, _ = _fit_task_thresholds(config, *args, ~ones, ["a", "b"])  # catalog texts, not labels
+    unlabelled, _ = _fit_task_thresholds(config, *args, ~ones, ["a", "b"], z=1.645)  # catalog texts, not labels
     assert unlabelled.task_high_thresholds == {}
 
 
@@ -310,9 +313,9 @@ def test_tune_fits_a_task_threshold_where_labels_allow_and_the_engine_applies_it
     extra = [(f"we get vendor invoice number {i} by mail: pull its line items and totals", "invoice-extraction")
              for i in range(100)]
     rows = labelled_rows() + extra
-    tuned = matcher.tune(matcher.default_catalog(), rows, semantic=False)
+    tuned = matcher.tune(matcher.default_catalog(), rows, semantic=False, precision_z=1.645)
     report = tuned.tuning
-    assert report is not None
+    assert report is not None and report["precision_z"] == 1.645
     rule = report["task_thresholds"]
     assert rule["min_answers"] == 88 and "88 labelled answers" in rule["rule"]
     assert set(rule["tasks"]) == {"invoice-extraction"}  # no other task has 88 answers in these files
