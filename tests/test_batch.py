@@ -334,7 +334,8 @@ def test_a_run_killed_mid_way_resumes_to_the_same_output(tmp_path: Path, out_nam
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
-    source = crash_input(tmp_path / "in.jsonl", 4000)
+    rows = 16_000  # far more than the 1,000 after which it is interrupted, so the run cannot end first
+    source = crash_input(tmp_path / "in.jsonl", rows)
     output = tmp_path / "out.jsonl"
     args = [str(source), str(output), "--semantic", "off", "--id-column", "id", "--workers", "2",
             "--batch-size", "40", "--checkpoint-rows", "200", "--no-progress"]
@@ -344,8 +345,8 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
     finished = batch_cli(*args, "--json")
     assert finished.returncode == 0, finished.stderr
     summary = BatchSummary(**json.loads(finished.stdout))
-    assert summary.resumed_at >= 1000 and (summary.results, summary.errors) == (3990, 10)
-    assert [row["id"] for row in output_rows(output)] == [f"r{i}" for i in range(4000) if i % 400 != 399]
+    assert summary.resumed_at >= 1000 and (summary.results, summary.errors) == (rows - rows // 400, rows // 400)
+    assert [row["id"] for row in output_rows(output)] == [f"r{i}" for i in range(rows) if i % 400 != 399]
 
 
 def test_parquet_output_keeps_integer_ids(tmp_path: Path) -> None:
