@@ -104,7 +104,14 @@ from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task
-from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
+from .connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_HTTP,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
+    HTTP_CHOICES,
+    LimitedConfig,
+)
 from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher
 from .errors import MatcherError, UnknownTaskError
 from .generation import Generation, GenerationStore, report_failure, reported_failures
@@ -169,6 +176,7 @@ _ENV_LOG_QUERIES = "MATCHER_LOG_QUERIES"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
 _ENV_MAX_CONCURRENCY = "MATCHER_MAX_CONCURRENCY"
 _ENV_GENERATION = "MATCHER_GENERATION"
+_ENV_HTTP = "MATCHER_HTTP"
 _ENV_TIMEOUTS = {"header_timeout": "MATCHER_HEADER_TIMEOUT", "body_timeout": "MATCHER_BODY_TIMEOUT",
                  "keep_alive_timeout": "MATCHER_KEEP_ALIVE_TIMEOUT"}
 _MAX_REPORTED_ERRORS = 5
@@ -822,14 +830,15 @@ class ServerSettings:
     leaderboards: Path | None = None
     admin_keys_file: Path | None = None
     log_queries: bool = False
+    http: str = DEFAULT_HTTP
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_LEADERBOARDS``,
         ``MATCHER_SEMANTIC``, ``MATCHER_API_KEYS_FILE``, ``MATCHER_ADMIN_KEYS_FILE``,
         ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY``, the ``MATCHER_*_TIMEOUT`` variables,
-        ``MATCHER_LOG_QUERIES`` (``1`` to log query text) and the generation store,
-        ``MATCHER_GENERATION`` (unset: defaults)."""
+        ``MATCHER_LOG_QUERIES`` (``1`` to log query text), ``MATCHER_HTTP`` (the HTTP protocol) and the
+        generation store, ``MATCHER_GENERATION`` (unset: defaults)."""
         env = os.environ if environ is None else environ
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
@@ -837,6 +846,9 @@ class ServerSettings:
         log_queries = env.get(_ENV_LOG_QUERIES) or "0"
         if log_queries not in ("0", "1"):
             raise ValueError(f"{_ENV_LOG_QUERIES} must be 0 or 1, got {log_queries!r}")
+        protocol = env.get(_ENV_HTTP) or DEFAULT_HTTP
+        if protocol not in HTTP_CHOICES:
+            raise ValueError(f"{_ENV_HTTP} must be one of {', '.join(HTTP_CHOICES)}; got {protocol!r}")
         return cls(
             catalog=_optional_path(env.get(_ENV_CATALOG)),
             config=_optional_path(env.get(_ENV_CONFIG)),
@@ -848,6 +860,7 @@ class ServerSettings:
             leaderboards=_optional_path(env.get(_ENV_LEADERBOARDS)),
             admin_keys_file=_optional_path(env.get(_ENV_ADMIN_KEYS_FILE)),
             log_queries=log_queries == "1",
+            http=protocol,
             **{name: _positive_seconds(env, variable, getattr(cls, name)) for name, variable in _ENV_TIMEOUTS.items()},
         )
 
@@ -855,6 +868,7 @@ class ServerSettings:
         """The variables `from_env` reads back (a key file's path, never the keys themselves)."""
         env = {_ENV_SEMANTIC: self.semantic, _ENV_MAX_BODY: str(self.max_body_bytes),
                _ENV_MAX_CONCURRENCY: str(self.max_concurrency), _ENV_LOG_QUERIES: "1" if self.log_queries else "0",
+               _ENV_HTTP: self.http,
                **{variable: repr(getattr(self, name)) for name, variable in _ENV_TIMEOUTS.items()}}
         for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
                             (_ENV_KEYS_FILE, self.api_keys_file), (_ENV_GENERATION, self.generation),
@@ -910,9 +924,10 @@ class ServerSettings:
                           max_concurrency=self.max_concurrency, admin_keys=admin, log_queries=self.log_queries)
 
     def uvicorn_config(self, app: ASGIApp | str, **options: Any) -> LimitedConfig:
-        """uvicorn's config for `app` (an app or a factory's import path) with these connection timeouts."""
+        """uvicorn's config for `app` (an app or a factory's import path) with this HTTP protocol and
+        these connection timeouts."""
         return LimitedConfig(app, header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                             keep_alive_timeout=self.keep_alive_timeout, **options)
+                             keep_alive_timeout=self.keep_alive_timeout, http=self.http, **options)
 
 
 def _optional_path(value: str | None) -> Path | None:
@@ -1079,6 +1094,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-alive-timeout", type=float, default=DEFAULT_KEEP_ALIVE_TIMEOUT, metavar="SECONDS",
                         help="an idle connection between requests is closed after this time "
                              f"(default {DEFAULT_KEEP_ALIVE_TIMEOUT:g})")
+    parser.add_argument("--http", choices=HTTP_CHOICES, default=DEFAULT_HTTP,
+                        help="HTTP/1.1 parser: httptools (llhttp, in C; the default) or h11 (pure Python, slower); "
+                             "both enforce the same deadlines")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"),
                         help="log level of uvicorn and of the matcher's own logs (default info)")
@@ -1137,7 +1155,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
                                   max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,
                                   body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
                                   leaderboards=args.leaderboards, admin_keys_file=args.admin_keys_file,
-                                  log_queries=args.log_queries)
+                                  log_queries=args.log_queries, http=args.http)
         generation = settings.load_files()  # read and validated once, for every worker
         app = settings.build_app(generation=generation)  # fails fast on a bad catalog, config or keys file
     except (MatcherError, ValueError, TypeError, ImportError) as exc:

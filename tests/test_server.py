@@ -588,7 +588,7 @@ def test_app_from_env_reads_keys_from_env_and_file(tmp_path: Path, monkeypatch: 
 
 def test_settings_round_trip_through_env(tmp_path: Path) -> None:
     limits = {"max_body_bytes": 123, "max_concurrency": 7, "header_timeout": 1.5, "body_timeout": 2.25,
-              "keep_alive_timeout": 0.1}
+              "keep_alive_timeout": 0.1, "http": "h11"}
     settings = ServerSettings(catalog=tmp_path / "c.yaml", semantic="off", api_keys_file=tmp_path / "k",
                               **limits)  # type: ignore[arg-type]
     env = settings.to_env()
@@ -603,6 +603,9 @@ def test_settings_round_trip_through_env(tmp_path: Path) -> None:
     assert ServerSettings.from_env({"MATCHER_SEMANTIC": "torch"}).semantic == "torch"
     with pytest.raises(ValueError, match="MATCHER_SEMANTIC must be one of auto, on, off, onnx, torch; got 'gpu'"):
         ServerSettings.from_env({"MATCHER_SEMANTIC": "gpu"})
+    assert ServerSettings.from_env({}).http == "httptools"
+    with pytest.raises(ValueError, match="MATCHER_HTTP must be one of httptools, h11; got 'auto'"):
+        ServerSettings.from_env({"MATCHER_HTTP": "auto"})
 
 
 class HeldMatcher(matcher.Matcher):
