@@ -643,6 +643,24 @@ def test_matches_over_the_concurrency_cap_get_a_fast_503_with_retry_after() -> N
         assert httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}).json() == expected  # slots came back
 
 
+def test_a_match_over_the_cap_is_refused_before_its_body_arrives() -> None:
+    held = HeldMatcher()
+    with serve_in_background(create_app(held, max_concurrency=1)) as url, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(httpx.post, f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=60)
+            assert held.entered.acquire(timeout=30)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                             b'Content-Length: 1000\r\n\r\n{"query": "')  # the rest never comes
+                reply = conn.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 503 "), reply[:200]  # not the body deadline's 408
+            assert b"\r\nretry-after: 1\r\n" in reply.lower()
+        finally:
+            held.release.set()
+        assert first.result().status_code == 200
+
+
 def test_connections_that_dribble_a_body_hold_no_slot(keyword_matcher: matcher.Matcher) -> None:
     with serve_in_background(create_app(keyword_matcher, max_concurrency=2)) as url:
         host, port = url.removeprefix("http://").rsplit(":", 1)
