@@ -21,10 +21,11 @@ deadline at a time:
 A deadline is never extended by the bytes that arrive, so a slow sender gains nothing. A request
 cut short gets ``408`` with a JSON ``{"detail": ...}`` body before the connection closes; an idle
 one is closed silently, as HTTP allows. Malformed requests get uvicorn's 400, but as JSON too, and
-so does a request head larger than `MAX_HEAD_BYTES` (h11 enforces that bound itself; llhttp has
-none, so the httptools protocol counts the bytes of an unfinished head, from the next read on
-when that head began behind pipelined requests). While the app computes a
-response, no deadline runs: that work is bounded by the app itself.
+so do two that llhttp would let through but h11 refuses, which the httptools protocol checks
+itself: an HTTP/1.1 request without a Host header, and a request head larger than
+`MAX_HEAD_BYTES` (counted over the reads of an unfinished head; one that began behind pipelined
+requests is counted from the next read). While the app computes a response, no deadline runs:
+that work is bounded by the app itself.
 
 `LimitedConfig` is uvicorn's `Config` with one of these protocols, the three timeouts and uvicorn's
 ``auto`` loop (uvloop, which the ``server`` extra installs; asyncio's own loop without it); it is
@@ -210,7 +211,11 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         self._requests_begun += 1
 
     def on_headers_complete(self) -> None:
+        """An HTTP/1.1 request without a Host header is malformed (RFC 9112), as h11 holds and llhttp does
+        not: raising here fails the parse, and uvicorn answers with `send_400_response`."""
         self._request = "body"
+        if self.parser.get_http_version() == "1.1" and not any(name == b"host" for name, _ in self.headers):
+            raise ValueError("an HTTP/1.1 request needs a Host header")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -160,7 +160,8 @@ def test_the_server_answers_while_slow_connections_wait(url: str) -> None:
     b"GET /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: abc\r\n\r\n",
     b"GET /health z HTTP/1.1\r\nHost: test\r\n\r\n",
     b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-], ids=["not http", "bad header name", "bad length", "space in target", "two lengths"])
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+], ids=["not http", "bad header name", "bad length", "space in target", "two lengths", "no host"])
 def test_requests_uvicorn_cannot_parse_get_a_json_400(url: str, request_bytes: bytes) -> None:
     closed = until_closed(url, request_bytes)
     status, headers, body = closed.response()
