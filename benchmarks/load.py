@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import IO
 
@@ -36,7 +37,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "corpora" / "queries" / "tune.jsonl"
-_PACKAGES = ("task-matcher", "fastapi", "starlette", "uvicorn", "httpx", "pydantic", "torch",
+_PACKAGES = ("task-matcher", "fastapi", "starlette", "uvicorn", "httptools", "uvloop", "httpx", "pydantic", "torch",
              "sentence-transformers")
 _MAX_QUERIES_PER_PATH = 80
 
@@ -233,7 +234,8 @@ def machine_facts(workers: int, *, client: bool = True) -> str:
         f"- {', '.join(versions)}",
     ]
     if client:
-        lines.append(f"- server: `python -m matcher.server --workers {workers}` (uvicorn, h11) on 127.0.0.1; "
+        lines.append(f"- server: `python -m matcher.server --workers {workers}` (uvicorn, its httptools protocol, "
+                     f"{'uvloop' if find_spec('uvloop') else 'asyncio'} loop) on 127.0.0.1; "
                      "client: httpx.AsyncClient (one connection per in-flight request) in one process on the "
                      "same cores; the `healthz` rows are the ceiling of that client and the HTTP stack")
     return "\n".join(lines)

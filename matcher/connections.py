@@ -1,10 +1,15 @@
-"""Connection deadlines for the server: uvicorn's h11 protocol, with the timeouts it lacks.
+"""Connection deadlines for the server: uvicorn's HTTP protocols, with the timeouts they lack.
+
+The server parses HTTP with uvicorn's httptools protocol (llhttp, in C) on uvloop's event loop
+by default; ``--http h11`` selects uvicorn's pure-Python h11 protocol instead, with the same
+deadlines and error bodies (slower per request, but with no compiled parser).
 
 uvicorn closes a kept-alive connection that stays idle after a response, but nothing else: a
 connection that never sends a byte, or sends its request head or body one byte at a time (each
 byte cancels the keep-alive timer), stays open for ever, and a few hundred of them exhaust a
 worker's file descriptors without a single complete request (authentication never runs, since it
-needs the headers). `GuardedH11Protocol` gives every connection one deadline at a time:
+needs the headers). `GuardedHttpToolsProtocol` and `GuardedH11Protocol` give every connection one
+deadline at a time:
 
 - **head**: the request line and headers must arrive in full within `header_timeout` seconds,
   counted from the connection's opening or, on a kept-alive connection, from the first byte of
@@ -15,11 +20,16 @@ needs the headers). `GuardedH11Protocol` gives every connection one deadline at 
 
 A deadline is never extended by the bytes that arrive, so a slow sender gains nothing. A request
 cut short gets ``408`` with a JSON ``{"detail": ...}`` body before the connection closes; an idle
-one is closed silently, as HTTP allows. Malformed requests get uvicorn's 400, but as JSON too.
-While the app computes a response, no deadline runs: that work is bounded by the app itself.
+one is closed silently, as HTTP allows. Malformed requests get uvicorn's 400, but as JSON too, and
+so do two that llhttp would let through but h11 refuses, which the httptools protocol checks
+itself: an HTTP/1.1 request without a Host header, and a request head larger than
+`MAX_HEAD_BYTES` (counted over the reads of an unfinished head; one that began behind pipelined
+requests is counted from the next read). While the app computes a response, no deadline runs:
+that work is bounded by the app itself.
 
-`LimitedConfig` is uvicorn's `Config` with this protocol and the three timeouts; it is pickled
-to worker processes like uvicorn's own, so every worker enforces the same deadlines.
+`LimitedConfig` is uvicorn's `Config` with one of these protocols, the three timeouts and uvicorn's
+``auto`` loop (uvloop, which the ``server`` extra installs; asyncio's own loop without it); it is
+pickled to worker processes like uvicorn's own, so every worker enforces the same deadlines.
 """
 
 from __future__ import annotations
@@ -33,14 +43,20 @@ from typing import Any, Literal
 
 import h11
 import uvicorn
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_HTTP",
     "DEFAULT_KEEP_ALIVE_TIMEOUT",
+    "HTTP_CHOICES",
+    "MAX_HEAD_BYTES",
     "GuardedH11Protocol",
+    "GuardedHttpToolsProtocol",
     "LimitedConfig",
     "error_response_bytes",
 ]
@@ -48,6 +64,11 @@ __all__ = [
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
+# The largest request head (request line and headers) either protocol accepts: h11's own bound.
+MAX_HEAD_BYTES = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+HTTP_CHOICES = ("httptools", "h11")
+DEFAULT_HTTP = "httptools"
+_INVALID_REQUEST = "Invalid HTTP request received."
 Phase = Literal["head", "body", "idle"]
 _log = logging.getLogger(__name__)
 
@@ -60,29 +81,43 @@ def error_response_bytes(status: int, detail: str) -> bytes:
     return head.encode("ascii") + body
 
 
+def _bad_request_bytes(msg: str) -> bytes:
+    """uvicorn's 400 for a request it cannot parse, as JSON."""
+    return error_response_bytes(400, f"{msg.rstrip('.')}: the request line or headers are malformed, or larger "
+                                     "than the server accepts")
+
+
 class LimitedConfig(uvicorn.Config):
-    """uvicorn's `Config` serving with `GuardedH11Protocol` and its header, body and keep-alive timeouts."""
+    """uvicorn's `Config` serving with a guarded protocol (`http`: ``httptools`` or ``h11``) and its
+    header, body and keep-alive timeouts."""
 
     def __init__(self, app: Any, *, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                  body_timeout: float = DEFAULT_BODY_TIMEOUT,
-                 keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT, **kwargs: Any) -> None:
+                 keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT, http: str = DEFAULT_HTTP,
+                 **kwargs: Any) -> None:
         for name, value in (("header_timeout", header_timeout), ("body_timeout", body_timeout),
                             ("keep_alive_timeout", keep_alive_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        super().__init__(app, http=GuardedH11Protocol, **kwargs)
+        if http not in HTTP_CHOICES:
+            raise ValueError(f"http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
+        protocol = GuardedHttpToolsProtocol if http == "httptools" else GuardedH11Protocol
+        super().__init__(app, http=protocol, **kwargs)
         self.header_timeout = float(header_timeout)
         self.body_timeout = float(body_timeout)
         self.keep_alive_timeout = float(keep_alive_timeout)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with head, body and idle deadlines (see the module docstring)."""
+class _Deadlines:
+    """The one-deadline-at-a-time bookkeeping both protocols share; each says what it waits for
+    (`_wanted`), whether a request was cut short (`_cut_short`) and how to drop its app (`_abandon`)."""
 
-    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+
+    def _init_deadlines(self, config: uvicorn.Config) -> None:
         self._timeouts: dict[Phase, float] = {
             "head": float(getattr(config, "header_timeout", DEFAULT_HEADER_TIMEOUT)),
             "body": float(getattr(config, "body_timeout", DEFAULT_BODY_TIMEOUT)),
@@ -90,6 +125,141 @@ class GuardedH11Protocol(H11Protocol):
         }
         self._phase: Phase | None = None
         self._deadline: asyncio.TimerHandle | None = None
+
+    def _wanted(self) -> Phase | None:
+        """What the connection waits for now: a head, a body, nothing (idle), or None (the app's turn)."""
+        raise NotImplementedError
+
+    def _cut_short(self, phase: Phase) -> bool:
+        """Whether a request was under way when `phase`'s deadline passed (it then gets a 408)."""
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """Tell a request's app that its client is gone: receive() returns http.disconnect, sends are dropped."""
+        raise NotImplementedError
+
+    def _follow(self) -> None:
+        """Set the deadline for what the connection waits for now, unless it is already running."""
+        wanted = None if self.transport.is_closing() else self._wanted()
+        if wanted != self._phase:
+            self._enter(wanted)
+
+    def _enter(self, phase: Phase | None) -> None:
+        """Start `phase`'s deadline (None: no deadline), replacing the previous one."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = phase
+        if phase is not None:
+            self._deadline = self.loop.call_later(self._timeouts[phase], self._expire, phase)
+
+    def _expire(self, phase: Phase) -> None:
+        """Close the connection whose deadline passed, with a 408 when a request was cut short."""
+        self._deadline = None
+        self._phase = None
+        if self.transport.is_closing():
+            return
+        if self._cut_short(phase):
+            what = "head" if phase == "head" else "body"
+            self.transport.write(error_response_bytes(
+                408, f"the request {what} did not arrive within {self._timeouts[phase]:g} s; the connection is closed"))
+        _log.debug("closing a connection from %s: its %s deadline passed", self.client, phase)
+        self._abandon()
+        self.transport.close()
+
+
+class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
+    """uvicorn's httptools protocol with head, body and idle deadlines and a bound on the head's size
+    (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._init_deadlines(config)
+        # Where the latest request stands: nothing of it yet, its head, its body, or all of it in.
+        self._request: Literal["none", "head", "body", "done"] = "none"
+        self._requests_begun = 0
+        self._head_bytes = 0  # bytes received since the unfinished head began (an upper bound)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._enter("head")  # a new connection owes its first request head at once
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._enter(None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before, begun = self._request, self._requests_begun
+        super().data_received(data)
+        if self._request == "head" and not self.transport.is_closing():
+            self._head_bytes = self._unfinished_head_bytes(len(data), before, self._requests_begun - begun)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.send_400_response(_INVALID_REQUEST)
+        self._follow()
+
+    def _unfinished_head_bytes(self, received: int, before: str, begun: int) -> int:
+        """Bytes of the unfinished head so far, never more than it holds: when it began after other
+        requests in the same read, where it began is unknown, so it is counted from the next read."""
+        if begun == 0:
+            return self._head_bytes + received
+        return received if begun == 1 and before in ("none", "done") else 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request = "head"
+        self._requests_begun += 1
+
+    def on_headers_complete(self) -> None:
+        """An HTTP/1.1 request without a Host header is malformed (RFC 9112), as h11 holds and llhttp does
+        not: raising here fails the parse, and uvicorn answers with `send_400_response`."""
+        self._request = "body"
+        if self.parser.get_http_version() == "1.1" and not any(name == b"host" for name, _ in self.headers):
+            raise ValueError("an HTTP/1.1 request needs a Host header")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._request = "done"
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._unset_keepalive_if_required()  # uvicorn's idle timer: replaced by the "idle" deadline
+        self._follow()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's reply to a request llhttp cannot parse, with a JSON body instead of plain text."""
+        self.transport.write(_bad_request_bytes(msg))
+        self.transport.close()
+
+    def _wanted(self) -> Phase | None:
+        if self._request in ("none", "head"):
+            return "head" if self._phase == "head" or self._request == "head" else "idle"
+        if self._request == "body":
+            return "body"
+        cycle = self.cycle
+        return "idle" if cycle is not None and cycle.response_complete and not self.pipeline else None
+
+    def _cut_short(self, phase: Phase) -> bool:
+        if phase == "head":
+            return self._request == "head"
+        cycle = self.cycle
+        return phase == "body" and cycle is not None and not cycle.response_started
+
+    def _abandon(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+
+class GuardedH11Protocol(_Deadlines, H11Protocol):
+    """uvicorn's h11 protocol with head, body and idle deadlines (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._init_deadlines(config)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -110,52 +280,25 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's reply to a request h11 cannot parse, with a JSON body instead of plain text."""
-        self.transport.write(error_response_bytes(
-            400, f"{msg.rstrip('.')}: the request line or headers are malformed, or larger than the server "
-                 "accepts"))
+        self.transport.write(_bad_request_bytes(msg))
         self.transport.close()
 
-    def _follow(self) -> None:
-        """Set the deadline for what the connection waits for now: a head, a body, or nothing (idle)."""
-        if self.transport.is_closing():
-            self._enter(None)
-            return
+    def _wanted(self) -> Phase | None:
         state = self.conn.their_state
-        wanted: Phase | None
         if state is h11.IDLE:
-            wanted = "head" if self._phase == "head" or self.conn.trailing_data[0] else "idle"
-        elif state is h11.SEND_BODY:
-            wanted = "body"
-        else:  # the request is in: the app's turn, bounded by the app
-            wanted = None
-        if wanted != self._phase:
-            self._enter(wanted)
+            return "head" if self._phase == "head" or self.conn.trailing_data[0] else "idle"
+        if state is h11.SEND_BODY:
+            return "body"
+        return None  # the request is in: the app's turn, bounded by the app
 
-    def _enter(self, phase: Phase | None) -> None:
-        """Start `phase`'s deadline (None: no deadline), replacing the previous one."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._phase = phase
-        if phase is not None:
-            self._deadline = self.loop.call_later(self._timeouts[phase], self._expire, phase)
-
-    def _expire(self, phase: Phase) -> None:
-        """Close the connection whose deadline passed, with a 408 when a request was cut short."""
-        self._deadline = None
-        self._phase = None
-        if self.transport.is_closing():
-            return
+    def _cut_short(self, phase: Phase) -> bool:
+        if phase == "head":
+            return bool(self.conn.trailing_data[0])  # part of a head arrived
         cycle = self.cycle
-        detail = None
-        if phase == "head" and self.conn.trailing_data[0]:  # part of a head arrived
-            detail = f"the request head did not arrive within {self._timeouts['head']:g} s"
-        elif phase == "body" and cycle is not None and not cycle.response_started:
-            detail = f"the request body did not arrive within {self._timeouts['body']:g} s"
-        if detail is not None:
-            self.transport.write(error_response_bytes(408, f"{detail}; the connection is closed"))
-        _log.debug("closing a connection from %s: its %s deadline passed", self.client, phase)
+        return phase == "body" and cycle is not None and not cycle.response_started
+
+    def _abandon(self) -> None:
+        cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # the app's receive() returns http.disconnect, its sends are dropped
+            cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()

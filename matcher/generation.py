@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -57,9 +58,11 @@ class Generation:
     config: MatcherConfig | None = None
     leaderboards: Leaderboards | None = None
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of the catalog's fingerprint, the config's settings and the boards: equal generations share it."""
+        """SHA-256 of the catalog's fingerprint, the config's settings and the boards: equal generations share it.
+
+        Computed once (every part is frozen): the server reads it on every response."""
         config = None if self.config is None else self.config.to_dict()
         boards = None if self.leaderboards is None else self.leaderboards.fingerprint
         blob = json.dumps({"catalog": self.catalog.fingerprint, "config": config, "leaderboards": boards},

@@ -104,7 +104,14 @@ from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task
-from .connections import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, LimitedConfig
+from .connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_HTTP,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
+    HTTP_CHOICES,
+    LimitedConfig,
+)
 from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher
 from .errors import MatcherError, UnknownTaskError
 from .generation import Generation, GenerationStore, report_failure, reported_failures
@@ -142,6 +149,11 @@ GENERATION_HEADER = "X-Task-Matcher-Generation"
 # (measured on 2 cores: 2 to 8 threads served 10-35% more requests/s than the 40 of the
 # default pool, on both paths and from 1 to 64 concurrent clients).
 MATCH_THREADS = max(4, os.cpu_count() or 1)
+# A keyword-only match of a query this short runs on the event loop instead: handing it to a
+# thread and back costs more than the match (measured on 2 cores: ~0.5 ms of a 1.3 ms request,
+# for a 0.5 ms match), and its worst case (fresh unknown words, every one a fuzzy lookup: ~4 ms)
+# holds the loop no longer than a thread holding the GIL would (its switch interval is 5 ms).
+INLINE_QUERY_CHARS = 200
 DEFAULT_MAX_BODY_BYTES = 64_000
 # Matches in flight per worker (running or queued for a thread) before new ones get a fast 503:
 # a queue longer than this only makes every client wait (measured on 2 cores: 256 concurrent
@@ -169,6 +181,7 @@ _ENV_LOG_QUERIES = "MATCHER_LOG_QUERIES"
 _ENV_MAX_BODY = "MATCHER_MAX_BODY_BYTES"
 _ENV_MAX_CONCURRENCY = "MATCHER_MAX_CONCURRENCY"
 _ENV_GENERATION = "MATCHER_GENERATION"
+_ENV_HTTP = "MATCHER_HTTP"
 _ENV_TIMEOUTS = {"header_timeout": "MATCHER_HEADER_TIMEOUT", "body_timeout": "MATCHER_BODY_TIMEOUT",
                  "keep_alive_timeout": "MATCHER_KEEP_ALIVE_TIMEOUT"}
 _MAX_REPORTED_ERRORS = 5
@@ -415,10 +428,11 @@ def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[st
             raise HTTPException(status_code=503, detail="the matcher failed to warm up; see the server log")
         metrics.in_flight.inc()
         started = time.perf_counter()
+        call = functools.partial(served.matcher.match, request.query, request.top_k, tasks=request.tasks,
+                                 categories=request.categories)
         try:
-            result = await anyio.to_thread.run_sync(
-                functools.partial(served.matcher.match, request.query, request.top_k, tasks=request.tasks,
-                                  categories=request.categories), limiter=match_slots)
+            result = call() if _runs_inline(served.matcher, request.query) else \
+                await anyio.to_thread.run_sync(call, limiter=match_slots)
         except (MatcherError, ValueError, TypeError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         finally:
@@ -496,6 +510,12 @@ def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[st
         _document_bearer_auth(app, admin_only=frozenset({ADMIN_RELOAD_PATH}) if admin else frozenset(),
                               keys_required=bool(keys))
     return app
+
+
+def _runs_inline(engine: Matcher, query: str) -> bool:
+    """Whether a match is cheap enough for the event loop: keyword-only and short (`INLINE_QUERY_CHARS`).
+    A subclass may override `match` with work of unknown cost, so its matches always take a thread."""
+    return type(engine) is Matcher and not engine.semantic_enabled and len(query) <= INLINE_QUERY_CHARS
 
 
 def _cannot_build(_generation: Generation) -> Matcher:
@@ -643,9 +663,10 @@ class _RequestGate:
     ``/v1/tasks/a%2Fleaderboard`` would reach the leaderboard of task ``a`` instead of asking
     for a task whose id holds a slash (no id does). ``HEAD`` is answered as ``GET`` (uvicorn
     sends the headers only), so every GET route answers HEAD. Requests to the `capped` route are
-    admitted while `admission` has a token left, and otherwise refused with 503 at once, before
-    their body is parsed: refusing must cost next to nothing when the server is busiest. A slot is
-    taken only once the whole body is in, so connections that dribble a body cannot fill the cap.
+    admitted while `admission` has a token left, and otherwise refused with 503 at once: before their
+    body is read when the cap is already full, else once it is in, never parsed: refusing must cost
+    next to nothing when the server is busiest. A slot is taken only once the whole body is in, so
+    connections that dribble a body cannot fill the cap.
     """
 
     def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...], max_body_bytes: int,
@@ -684,18 +705,20 @@ class _RequestGate:
             return
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
+        capped = (scope["method"], scope["path"]) == self.capped
+        if capped and self.admission.available_tokens < 1:  # full already: refused before its body is read
+            await self._over_capacity(scope, receive, send)
+            return
         body = await self._read_body(scope, receive, send, headers)
         if body is None:
             return
-        if (scope["method"], scope["path"]) != self.capped:
+        if not capped:
             await self.app(scope, _replay(body, receive), send)
             return
         try:  # after the body: a slow sender holds a connection, never a slot (the body deadline ends it)
             self.admission.acquire_nowait()
         except anyio.WouldBlock:
-            await _reject(scope, receive, send, 503,
-                          f"the server is at its limit of {int(self.admission.total_tokens)} matches in flight; "
-                          "retry shortly", {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+            await self._over_capacity(scope, receive, send)
             return
         try:
             await self.app(scope, _replay(body, receive), send)
@@ -741,6 +764,11 @@ class _RequestGate:
         for key in keys:
             matched |= hmac.compare_digest(token, key)
         return None if matched else f"invalid {what}"
+
+    async def _over_capacity(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _reject(scope, receive, send, 503,
+                      f"the server is at its limit of {int(self.admission.total_tokens)} matches in flight; "
+                      "retry shortly", {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _reject(scope, receive, send, 413,
@@ -822,14 +850,15 @@ class ServerSettings:
     leaderboards: Path | None = None
     admin_keys_file: Path | None = None
     log_queries: bool = False
+    http: str = DEFAULT_HTTP
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_LEADERBOARDS``,
         ``MATCHER_SEMANTIC``, ``MATCHER_API_KEYS_FILE``, ``MATCHER_ADMIN_KEYS_FILE``,
         ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY``, the ``MATCHER_*_TIMEOUT`` variables,
-        ``MATCHER_LOG_QUERIES`` (``1`` to log query text) and the generation store,
-        ``MATCHER_GENERATION`` (unset: defaults)."""
+        ``MATCHER_LOG_QUERIES`` (``1`` to log query text), ``MATCHER_HTTP`` (the HTTP protocol) and the
+        generation store, ``MATCHER_GENERATION`` (unset: defaults)."""
         env = os.environ if environ is None else environ
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
@@ -837,6 +866,9 @@ class ServerSettings:
         log_queries = env.get(_ENV_LOG_QUERIES) or "0"
         if log_queries not in ("0", "1"):
             raise ValueError(f"{_ENV_LOG_QUERIES} must be 0 or 1, got {log_queries!r}")
+        protocol = env.get(_ENV_HTTP) or DEFAULT_HTTP
+        if protocol not in HTTP_CHOICES:
+            raise ValueError(f"{_ENV_HTTP} must be one of {', '.join(HTTP_CHOICES)}; got {protocol!r}")
         return cls(
             catalog=_optional_path(env.get(_ENV_CATALOG)),
             config=_optional_path(env.get(_ENV_CONFIG)),
@@ -848,6 +880,7 @@ class ServerSettings:
             leaderboards=_optional_path(env.get(_ENV_LEADERBOARDS)),
             admin_keys_file=_optional_path(env.get(_ENV_ADMIN_KEYS_FILE)),
             log_queries=log_queries == "1",
+            http=protocol,
             **{name: _positive_seconds(env, variable, getattr(cls, name)) for name, variable in _ENV_TIMEOUTS.items()},
         )
 
@@ -855,6 +888,7 @@ class ServerSettings:
         """The variables `from_env` reads back (a key file's path, never the keys themselves)."""
         env = {_ENV_SEMANTIC: self.semantic, _ENV_MAX_BODY: str(self.max_body_bytes),
                _ENV_MAX_CONCURRENCY: str(self.max_concurrency), _ENV_LOG_QUERIES: "1" if self.log_queries else "0",
+               _ENV_HTTP: self.http,
                **{variable: repr(getattr(self, name)) for name, variable in _ENV_TIMEOUTS.items()}}
         for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
                             (_ENV_KEYS_FILE, self.api_keys_file), (_ENV_GENERATION, self.generation),
@@ -910,9 +944,10 @@ class ServerSettings:
                           max_concurrency=self.max_concurrency, admin_keys=admin, log_queries=self.log_queries)
 
     def uvicorn_config(self, app: ASGIApp | str, **options: Any) -> LimitedConfig:
-        """uvicorn's config for `app` (an app or a factory's import path) with these connection timeouts."""
+        """uvicorn's config for `app` (an app or a factory's import path) with this HTTP protocol and
+        these connection timeouts."""
         return LimitedConfig(app, header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                             keep_alive_timeout=self.keep_alive_timeout, **options)
+                             keep_alive_timeout=self.keep_alive_timeout, http=self.http, **options)
 
 
 def _optional_path(value: str | None) -> Path | None:
@@ -1079,6 +1114,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-alive-timeout", type=float, default=DEFAULT_KEEP_ALIVE_TIMEOUT, metavar="SECONDS",
                         help="an idle connection between requests is closed after this time "
                              f"(default {DEFAULT_KEEP_ALIVE_TIMEOUT:g})")
+    parser.add_argument("--http", choices=HTTP_CHOICES, default=DEFAULT_HTTP,
+                        help="HTTP/1.1 parser: httptools (llhttp, in C; the default) or h11 (pure Python, slower); "
+                             "both enforce the same deadlines")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"),
                         help="log level of uvicorn and of the matcher's own logs (default info)")
@@ -1137,7 +1175,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
                                   max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,
                                   body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
                                   leaderboards=args.leaderboards, admin_keys_file=args.admin_keys_file,
-                                  log_queries=args.log_queries)
+                                  log_queries=args.log_queries, http=args.http)
         generation = settings.load_files()  # read and validated once, for every worker
         app = settings.build_app(generation=generation)  # fails fast on a bad catalog, config or keys file
     except (MatcherError, ValueError, TypeError, ImportError) as exc:

@@ -6,16 +6,19 @@ few seconds instead of hanging the suite.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 
 import matcher
+from matcher.connections import HTTP_CHOICES, MAX_HEAD_BYTES
 from matcher.server import ServerSettings, create_app, serve_in_background
 
 TIMEOUT = 0.5  # every deadline of the server under test, in seconds
@@ -24,9 +27,11 @@ KEY = "connection-test-key"
 HEAD = b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
 
 
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    settings = ServerSettings(header_timeout=TIMEOUT, body_timeout=TIMEOUT, keep_alive_timeout=TIMEOUT)
+@pytest.fixture(scope="module", params=HTTP_CHOICES)
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A server with short deadlines, once per HTTP protocol: both must behave alike."""
+    settings = ServerSettings(header_timeout=TIMEOUT, body_timeout=TIMEOUT, keep_alive_timeout=TIMEOUT,
+                              http=request.param)
     with serve_in_background(create_app(matcher.Matcher(semantic=False), api_keys=[KEY]), settings=settings) as base:
         yield base
 
@@ -155,12 +160,60 @@ def test_the_server_answers_while_slow_connections_wait(url: str) -> None:
     b"GET /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: abc\r\n\r\n",
     b"GET /health z HTTP/1.1\r\nHost: test\r\n\r\n",
     b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-], ids=["not http", "bad header name", "bad length", "space in target", "two lengths"])
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+], ids=["not http", "bad header name", "bad length", "space in target", "two lengths", "no host"])
 def test_requests_uvicorn_cannot_parse_get_a_json_400(url: str, request_bytes: bytes) -> None:
     closed = until_closed(url, request_bytes)
     status, headers, body = closed.response()
     assert (status, headers["content-type"]) == (400, "application/json")
     assert json.loads(body)["detail"].startswith("Invalid HTTP request received: ")
+
+
+def test_a_head_larger_than_the_limit_gets_a_json_400_before_its_deadline(url: str) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 1000)  # never ends
+    status, headers, body = until_closed(url, head).response()
+    assert (status, headers["content-type"]) == (400, "application/json")  # not the head deadline's 408
+    assert json.loads(body)["detail"].startswith("Invalid HTTP request received: ")
+
+
+def test_a_head_within_the_limit_is_served(url: str) -> None:
+    closed = until_closed(url, b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES // 2)
+                          + b"\r\nConnection: close\r\n\r\n")
+    assert closed.response()[0] == 200
+
+
+def test_pipelined_requests_larger_together_than_the_head_limit_are_all_answered(url: str) -> None:
+    one = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+    count = 2 * MAX_HEAD_BYTES // len(one)
+    closed = until_closed(url, one * count)  # then idle until the keep-alive deadline
+    assert closed.received.count(b"HTTP/1.1 200 OK\r\n") == count
+    assert b" 400 " not in closed.received
+
+
+@pytest.mark.parametrize("http", HTTP_CHOICES)
+def test_the_server_runs_on_uvloop_with_either_protocol(http: str) -> None:
+    seen: list[str] = []
+
+    async def report_loop(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append(type(asyncio.get_running_loop()).__module__)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with serve_in_background(report_loop, settings=ServerSettings(http=http)) as base:
+        assert httpx.get(base + "/").status_code == 204
+    assert seen == ["uvloop"]
+
+
+def test_the_protocol_must_be_one_uvicorn_guards() -> None:
+    from matcher.connections import LimitedConfig
+
+    with pytest.raises(ValueError, match="http must be one of httptools, h11, got 'auto'"):
+        LimitedConfig(create_app, http="auto")
 
 
 def test_timeouts_must_be_positive() -> None:

@@ -588,7 +588,7 @@ def test_app_from_env_reads_keys_from_env_and_file(tmp_path: Path, monkeypatch: 
 
 def test_settings_round_trip_through_env(tmp_path: Path) -> None:
     limits = {"max_body_bytes": 123, "max_concurrency": 7, "header_timeout": 1.5, "body_timeout": 2.25,
-              "keep_alive_timeout": 0.1}
+              "keep_alive_timeout": 0.1, "http": "h11"}
     settings = ServerSettings(catalog=tmp_path / "c.yaml", semantic="off", api_keys_file=tmp_path / "k",
                               **limits)  # type: ignore[arg-type]
     env = settings.to_env()
@@ -603,6 +603,9 @@ def test_settings_round_trip_through_env(tmp_path: Path) -> None:
     assert ServerSettings.from_env({"MATCHER_SEMANTIC": "torch"}).semantic == "torch"
     with pytest.raises(ValueError, match="MATCHER_SEMANTIC must be one of auto, on, off, onnx, torch; got 'gpu'"):
         ServerSettings.from_env({"MATCHER_SEMANTIC": "gpu"})
+    assert ServerSettings.from_env({}).http == "httptools"
+    with pytest.raises(ValueError, match="MATCHER_HTTP must be one of httptools, h11; got 'auto'"):
+        ServerSettings.from_env({"MATCHER_HTTP": "auto"})
 
 
 class HeldMatcher(matcher.Matcher):
@@ -638,6 +641,24 @@ def test_matches_over_the_concurrency_cap_get_a_fast_503_with_retry_after() -> N
         expected = matcher.Matcher(semantic=False).match(MATCHED).to_dict()
         assert [f.result().json() for f in first] == [expected, expected]
         assert httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}).json() == expected  # slots came back
+
+
+def test_a_match_over_the_cap_is_refused_before_its_body_arrives() -> None:
+    held = HeldMatcher()
+    with serve_in_background(create_app(held, max_concurrency=1)) as url, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(httpx.post, f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=60)
+            assert held.entered.acquire(timeout=30)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                             b'Content-Length: 1000\r\n\r\n{"query": "')  # the rest never comes
+                reply = conn.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 503 "), reply[:200]  # not the body deadline's 408
+            assert b"\r\nretry-after: 1\r\n" in reply.lower()
+        finally:
+            held.release.set()
+        assert first.result().status_code == 200
 
 
 def test_connections_that_dribble_a_body_hold_no_slot(keyword_matcher: matcher.Matcher) -> None:
