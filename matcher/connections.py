@@ -110,12 +110,14 @@ class LimitedConfig(uvicorn.Config):
 
 
 class _Deadlines:
-    """The one-deadline-at-a-time bookkeeping both protocols share; each says what it waits for
-    (`_wanted`), whether a request was cut short (`_cut_short`) and how to drop its app (`_abandon`)."""
+    """The one-deadline-at-a-time bookkeeping and the connection hooks both protocols share, placed
+    before uvicorn's protocol class in their bases; each says what it waits for (`_wanted`) and
+    whether part of a request head had arrived (`_head_cut_short`)."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     client: tuple[str, int] | None
+    cycle: Any  # the request's uvicorn RequestResponseCycle (each protocol has its own class), or None
 
     def _init_deadlines(self, config: uvicorn.Config) -> None:
         self._timeouts: dict[Phase, float] = {
@@ -126,17 +128,46 @@ class _Deadlines:
         self._phase: Phase | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # the protocol class after this mixin
+        self._enter("head")  # a new connection owes its first request head at once
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._enter(None)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        # uvicorn's idle timer, replaced by the "idle" deadline
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        self._follow()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's reply to a request it cannot parse, with a JSON body instead of plain text."""
+        self.transport.write(_bad_request_bytes(msg))
+        self.transport.close()
+
     def _wanted(self) -> Phase | None:
         """What the connection waits for now: a head, a body, nothing (idle), or None (the app's turn)."""
         raise NotImplementedError
 
+    def _head_cut_short(self) -> bool:
+        """Whether part of a request head had arrived when its deadline passed."""
+        raise NotImplementedError
+
     def _cut_short(self, phase: Phase) -> bool:
         """Whether a request was under way when `phase`'s deadline passed (it then gets a 408)."""
-        raise NotImplementedError
+        if phase == "head":
+            return self._head_cut_short()
+        cycle = self.cycle
+        return phase == "body" and cycle is not None and not cycle.response_started
 
     def _abandon(self) -> None:
         """Tell a request's app that its client is gone: receive() returns http.disconnect, sends are dropped."""
-        raise NotImplementedError
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def _follow(self) -> None:
         """Set the deadline for what the connection waits for now, unless it is already running."""
@@ -181,14 +212,6 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         self._requests_begun = 0
         self._head_bytes = 0  # bytes received since the unfinished head began (an upper bound)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._enter("head")  # a new connection owes its first request head at once
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._enter(None)
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         before, begun = self._request, self._requests_begun
         super().data_received(data)
@@ -222,16 +245,6 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         self._request = "done"
         super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._unset_keepalive_if_required()  # uvicorn's idle timer: replaced by the "idle" deadline
-        self._follow()
-
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn's reply to a request llhttp cannot parse, with a JSON body instead of plain text."""
-        self.transport.write(_bad_request_bytes(msg))
-        self.transport.close()
-
     def _wanted(self) -> Phase | None:
         if self._request in ("none", "head"):
             return "head" if self._phase == "head" or self._request == "head" else "idle"
@@ -240,17 +253,8 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         cycle = self.cycle
         return "idle" if cycle is not None and cycle.response_complete and not self.pipeline else None
 
-    def _cut_short(self, phase: Phase) -> bool:
-        if phase == "head":
-            return self._request == "head"
-        cycle = self.cycle
-        return phase == "body" and cycle is not None and not cycle.response_started
-
-    def _abandon(self) -> None:
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True
-            cycle.message_event.set()
+    def _head_cut_short(self) -> bool:
+        return self._request == "head"
 
 
 class GuardedH11Protocol(_Deadlines, H11Protocol):
@@ -261,27 +265,9 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self._init_deadlines(config)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._enter("head")  # a new connection owes its first request head at once
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._enter(None)
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self._follow()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._unset_keepalive_if_required()  # uvicorn's idle timer: replaced by the "idle" deadline
-        self._follow()
-
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn's reply to a request h11 cannot parse, with a JSON body instead of plain text."""
-        self.transport.write(_bad_request_bytes(msg))
-        self.transport.close()
 
     def _wanted(self) -> Phase | None:
         state = self.conn.their_state
@@ -291,14 +277,5 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
             return "body"
         return None  # the request is in: the app's turn, bounded by the app
 
-    def _cut_short(self, phase: Phase) -> bool:
-        if phase == "head":
-            return bool(self.conn.trailing_data[0])  # part of a head arrived
-        cycle = self.cycle
-        return phase == "body" and cycle is not None and not cycle.response_started
-
-    def _abandon(self) -> None:
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True
-            cycle.message_event.set()
+    def _head_cut_short(self) -> bool:
+        return bool(self.conn.trailing_data[0])
