@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,18 @@ def run_python_as_an_ordinary_user(code: str, *args: str, timeout: float = 300) 
 
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, preexec_fn=drop_permission_override if os.geteuid() == 0 else None)
+
+
+def last_json_line_in_a_closed_folder(folder: Path, code: str) -> Any:
+    """Run `code` (with `folder` as its argument) as an ordinary user while `folder` exists with mode 0,
+    and return its last line of output read as JSON; the folder is opened again afterwards."""
+    folder.mkdir(mode=0)
+    try:
+        run = run_python_as_an_ordinary_user(code, str(folder))
+    finally:
+        folder.chmod(0o700)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])
 
 
 _PR_CAPBSET_DROP = 24

@@ -23,7 +23,7 @@ from matcher import Matcher, MatcherConfig, QueryError, TaskMatch
 from matcher.engine import _self_calibration_path
 from matcher.text import tokenize
 
-from .conftest import REPO, run_python_as_an_ordinary_user, small_records
+from .conftest import REPO, last_json_line_in_a_closed_folder, small_records
 
 
 def test_contract_example_matches_with_high_confidence(default_keyword_matcher: Matcher) -> None:
@@ -383,8 +383,6 @@ def test_a_fifo_at_the_self_calibration_cache_is_never_opened(tmp_path: Path) ->
 
 
 def test_a_self_calibration_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0)
     code = (
         "import json, sys, warnings\n"
         "import matcher\n"
@@ -395,12 +393,7 @@ def test_a_self_calibration_cache_folder_the_process_may_not_enter_only_warns(tm
         ".match('read the totals of vendor invoices')\n"
         "print(json.dumps([result.candidates[0].task_id, [str(w.message) for w in caught]]))\n"
     )
-    try:
-        run = run_python_as_an_ordinary_user(code, str(locked))
-    finally:
-        locked.chmod(0o700)
-    assert run.returncode == 0, run.stderr
-    top, messages = json.loads(run.stdout.splitlines()[-1])
+    top, messages = last_json_line_in_a_closed_folder(tmp_path / "locked", code)
     assert top == "invoice-extraction"
     assert any("self-calibration cache" in m and "is unusable (cannot inspect it: Permission denied)" in m
                for m in messages), messages

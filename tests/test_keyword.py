@@ -25,7 +25,7 @@ import matcher
 from matcher import Catalog, FieldWeights
 from matcher.keyword import _ROWS, KeywordIndex, _char_text, _field_texts, char_wb_ngrams, word_terms
 from matcher.text import normalize
-from tests.conftest import run_python_as_an_ordinary_user, small_records
+from tests.conftest import last_json_line_in_a_closed_folder, run_python_as_an_ordinary_user, small_records
 from tests.test_determinism import WORDS
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -322,8 +322,6 @@ def test_an_unwritable_index_cache_folder_only_warns(tmp_path: Path) -> None:
 
 
 def test_an_index_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0)
     code = (
         "import json, sys, warnings\n"
         "from pathlib import Path\n"
@@ -333,12 +331,7 @@ def test_an_index_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Pa
         "    result = matcher.Matcher(semantic=False, cache_dir=Path(sys.argv[1])).match('translate emails')\n"
         "print(json.dumps([result.to_dict(), [str(w.message) for w in caught]]))\n"
     )
-    try:
-        run = run_python_as_an_ordinary_user(code, str(locked))
-    finally:
-        locked.chmod(0o700)
-    assert run.returncode == 0, run.stderr
-    body, messages = json.loads(run.stdout.splitlines()[-1])
+    body, messages = last_json_line_in_a_closed_folder(tmp_path / "locked", code)
     assert body == matcher.Matcher(semantic=False).match("translate emails").to_dict()
     assert any("keyword index cache" in m and "cannot inspect it: Permission denied" in m for m in messages), messages
     assert any("cannot write keyword index cache" in m for m in messages), messages

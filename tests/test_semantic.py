@@ -38,7 +38,7 @@ from matcher.semantic import (
 )
 from matcher.text import STOP_WORDS, normalize, stem, tokenize
 
-from .conftest import REPO, run_python_as_an_ordinary_user, small_records
+from .conftest import REPO, last_json_line_in_a_closed_folder, small_records
 
 pytestmark = pytest.mark.semantic
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -343,8 +343,6 @@ def test_a_fifo_or_device_at_the_cache_path_is_never_opened(tmp_path: Path, embe
 
 
 def test_a_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0)
     code = (
         "import json, sys, warnings\n"
         "from pathlib import Path\n"
@@ -358,12 +356,7 @@ def test_a_cache_folder_the_process_may_not_enter_only_warns(tmp_path: Path) -> 
         "                          fingerprint=catalog.fingerprint, cache_dir=Path(sys.argv[1]))\n"
         "print(json.dumps([index.similarities('receipts').tolist(), [str(w.message) for w in caught]]))\n"
     )
-    try:
-        run = run_python_as_an_ordinary_user(code, str(locked))
-    finally:
-        locked.chmod(0o700)
-    assert run.returncode == 0, run.stderr
-    similarities, messages = json.loads(run.stdout.splitlines()[-1])
+    similarities, messages = last_json_line_in_a_closed_folder(tmp_path / "locked", code)
     assert len(similarities) == 3
     assert any("is unusable (cannot inspect it: Permission denied)" in m for m in messages), messages
     assert any("cannot write embedding cache" in m for m in messages), messages
