@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matcher
+from matcher.calibration import HIGH
 from matcher.config import MatcherConfig
+from matcher.metrics import accepted_accuracy, oos_recall, prediction, tier_stats
 
 from .datasets import read_jsonl
 
@@ -36,13 +38,9 @@ def measure(config: MatcherConfig, rows: Sequence[Row], catalog: matcher.Catalog
     """`matched` share of in-scope rows (right task), precision of matched answers, OOS recall."""
     engine = matcher.Matcher(catalog, semantic=True, config=config)
     results = engine.match_many([text for text, _ in rows])
-    in_scope = [(label, r) for (_, label), r in zip(rows, results, strict=True) if label is not None]
-    out_of_scope = [r for (_, label), r in zip(rows, results, strict=True) if label is None]
-    right = sum(r.chosen is not None and r.chosen.task_id == label for label, r in in_scope)
-    answered = sum(r.matched for _, r in in_scope) + sum(r.matched for r in out_of_scope)
-    return {"matched": 100.0 * right / max(1, len(in_scope)),
-            "precision": 100.0 * right / answered if answered else float("nan"),
-            "oos_recall": 100.0 * sum(not r.matched for r in out_of_scope) / max(1, len(out_of_scope))}
+    preds = [prediction(label, result) for (_, label), result in zip(rows, results, strict=True)]
+    return {"matched": 100.0 * accepted_accuracy(preds), "precision": 100.0 * tier_stats(preds)[HIGH].precision,
+            "oos_recall": 100.0 * oos_recall(preds)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
