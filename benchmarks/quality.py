@@ -368,7 +368,26 @@ def measure_latency(engine: Matcher, texts: Sequence[str]) -> tuple[dict[str, li
     start = time.perf_counter()
     engine.match_many(texts, top_k=TOP_K)
     throughput = len(texts) / (time.perf_counter() - start)
+    head_costs = _head_latency(engine, texts)
+    if head_costs:
+        by_path["head alone (within semantic)"] = head_costs
     return by_path, throughput
+
+
+def _head_latency(engine: Matcher, texts: Sequence[str]) -> list[float]:
+    """Per-query wall time (ms) of the discriminative head alone (`Matcher.head_probabilities`) on
+    queries already normalized, repaired and embedded: its cost on top of the semantic path's."""
+    index = engine._semantic_index()
+    if index is None or engine.config.semantic_head_weight == 0 or engine._task_head() is None:
+        return []
+    keyword = engine._keyword_index()
+    prepared = [(keyword.repair(normalize(text))[0], index.encode([normalize(text)])[0]) for text in texts]
+    costs = []
+    for repaired, vector in prepared:
+        start = time.perf_counter()
+        engine.head_probabilities(repaired, vector)
+        costs.append((time.perf_counter() - start) * 1000)
+    return costs
 
 
 def peer_latency(peer: Peer, catalog: Catalog, texts: Sequence[str]) -> tuple[list[float], float]:

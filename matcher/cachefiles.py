@@ -136,11 +136,14 @@ def _checksum(arrays: Mapping[str, npt.NDArray[Any]]) -> str:
     return digest.hexdigest()
 
 
-def save_arrays(path: Path, manifest: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-    """Write `arrays` with `manifest` and their checksum as one `.npz` file, atomically."""
+def save_arrays(path: Path, manifest: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]], *,
+                compressed: bool = False) -> None:
+    """Write `arrays` with `manifest` and their checksum as one `.npz` file (deflated when
+    `compressed`), atomically."""
     content: dict[str, Any] = {**arrays, "manifest": np.asarray(json.dumps(manifest, sort_keys=True)),
                                "checksum": np.asarray(_checksum(arrays))}
-    _replace_atomically(path, lambda handle: np.savez(handle, **content))  # streamed: no copy in memory
+    save = np.savez_compressed if compressed else np.savez
+    _replace_atomically(path, lambda handle: save(handle, **content))  # streamed: no copy in memory
 
 
 def load_arrays(path: Path, manifest: Mapping[str, Any], names: tuple[str, ...], *,

@@ -316,6 +316,8 @@ def _render_explanations(explanations: Sequence[CandidateExplanation]) -> str:
     for item in explanations:
         semantic = ("" if item.semantic_similarity is None
                     else f", semantic similarity {item.semantic_similarity:.4f}")
+        if item.head_probability is not None:
+            semantic += f", head probability {item.head_probability:.4f}"
         lines.append(f"\n{item.task_id}: score {item.score:.4f} ({item.confidence}), "
                      f"keyword raw {item.keyword_raw:.4f}{semantic}")
         for field in item.fields:

@@ -48,7 +48,8 @@ class MatcherConfig:
     top task reaches `fallback_threshold` with that lead and the catalog vocabulary knows at least
     `keyword_min_coverage` of the query's content words (a keyword answer to "foo bar baz" rests on
     "bar" alone, so it is never ``high``); otherwise the semantic backstop scores
-    ``semantic_fusion * keyword_raw + (1 - semantic_fusion) * embedding_similarity``.
+    ``semantic_fusion * keyword_raw + (1 - semantic_fusion) * embedding_similarity``, and mixes in
+    the probability of the discriminative head (`matcher.head`) by `semantic_head_weight`.
     `gate` is the request gate fitted by `tune` (`gate.RequestGate.to_dict()`): a ``high`` answer
     also needs its probability that the text requests a task at all to reach `gate_threshold`.
     `task_high_thresholds` overrides `high_threshold` for the tasks it names (fitted by `tune`
@@ -65,6 +66,7 @@ class MatcherConfig:
     semantic_null_coverage: float = 0.0
     semantic_fusion: float = 0.5
     semantic_centroid_weight: float = 0.5
+    semantic_head_weight: float = 0.0
     fallback_threshold: float = 0.6
     keyword_min_coverage: float = 0.5
     high_threshold: float = 0.6
@@ -82,7 +84,7 @@ class MatcherConfig:
 
     def __post_init__(self) -> None:
         for name in ("high_threshold", "medium_threshold", "high_margin", "ambiguity_margin",
-                     "semantic_fusion", "semantic_centroid_weight", "fallback_threshold",
+                     "semantic_fusion", "semantic_centroid_weight", "semantic_head_weight", "fallback_threshold",
                      "keyword_min_coverage", "gate_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):

@@ -23,6 +23,7 @@ from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import CONFIG_VERSION, FieldWeights, MatcherConfig
 from .errors import ConfigError, ConfigWarning, QueryError, SemanticUnavailableError
 from .gate import RequestGate
+from .head import TaskHead, cached_head, fuse, head_key
 from .reasons import outcome_reasoning
 from .results import (
     CandidateExplanation,
@@ -31,7 +32,7 @@ from .results import (
     TaskMatch,
     TaskMatchCandidate,
 )
-from .semantic import Embedder, SemanticIndex, semantic_available, thread_count
+from .semantic import Embedder, SemanticIndex, profile_texts, semantic_available, thread_count
 from .text import normalize, split_negated, tokenize
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class _Scored:
     negated: tuple[str, ...] = ()
     normalized: str = ""
     candidates: BoolArray | None = None  # the tasks that may be candidates (None: every task)
+    head: FloatArray | None = None  # the discriminative head's probabilities (None: not used)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class Matcher:
         self._gate: RequestGate | None = None
         self._keyword: KeywordIndex | None = None
         self._semantic: SemanticIndex | None = None
+        self._head: TaskHead | None = None
+        self._head_built = False
         self._lock = threading.RLock()
 
     @property
@@ -226,6 +230,40 @@ class Matcher:
                               time.perf_counter() - started)
         return self._semantic
 
+    def _task_head(self) -> TaskHead | None:
+        """The discriminative head of this catalog (`matcher.head`), fitted or read from the cache on
+        first need; None without the semantic backstop or when the catalog has nothing to tell apart."""
+        index = self._semantic_index()
+        if index is None:
+            return None
+        if not self._head_built:
+            with self._lock:
+                if not self._head_built:
+                    from .semantic import default_cache_dir
+
+                    keyword = self._keyword_index()
+                    words, labels = [], []
+                    for position, profile in enumerate(self._profiles):
+                        for text in profile_texts(profile):
+                            words.append(keyword.query_vector(keyword.repair(normalize(text))[0]))
+                            labels.append(position if profile.kind == "task" else -1)
+                    self._head = cached_head(
+                        words, index.text_vectors, np.asarray(labels, dtype=np.int64),
+                        vocabulary=keyword.vocabulary_size,
+                        key=head_key(self.catalog.fingerprint, self._embedder.model_id if self._embedder else ""),
+                        cache_dir=self._cache_dir if self._cache_dir is not None else default_cache_dir())
+                    self._head_built = True
+        return self._head
+
+    def head_probabilities(self, repaired: str, vector: npt.NDArray[np.float32]) -> FloatArray | None:
+        """The head's probability of every profile for a repaired query embedded as `vector` (None: no head)."""
+        head = self._task_head()
+        if head is None:
+            return None
+        words = [self._keyword_index().query_vector(repaired)]
+        probabilities: FloatArray = head.profile_probabilities(words, vector[None, :], self._is_task)[0]
+        return probabilities
+
     def updated(self, *, add: Iterable[Task | Mapping[str, Any]] = (),
                 replace: Iterable[Task | Mapping[str, Any]] = (), remove: Iterable[str] = ()) -> Matcher:
         """A new matcher over this catalog with tasks added, replaced and removed
@@ -253,11 +291,14 @@ class Matcher:
         return CacheInfo(hits, misses, None if semantic is None else semantic.from_cache)
 
     def warm_up(self) -> None:
-        """Build the keyword index and load the model and task embeddings now, not on first query."""
+        """Build the keyword index and load the model, the task embeddings and the discriminative head
+        now, not on first query."""
         self._keyword_index()
         index = self._semantic_index()
         if index is not None:
             index.similarities("warm up")
+            if self.config.semantic_head_weight > 0:
+                self._task_head()
 
     def _check(self, query: object, top_k: object) -> str:
         if not isinstance(query, str):
@@ -335,12 +376,16 @@ class Matcher:
             vector = index.encode([normalized])[0]
         centroid, best = index.components(vector[None, :])
         similarity = _zeroed(np.round(index.mix(centroid, best, cfg.semantic_centroid_weight)[0], 6), excluded)
-        fused = cfg.semantic_fusion * keyword.raw + (1.0 - cfg.semantic_fusion) * similarity
+        head = None
+        if cfg.semantic_head_weight > 0:
+            probabilities = self.head_probabilities(keyword.query_text, vector)
+            head = None if probabilities is None else _zeroed(probabilities, excluded)
+        fused = fuse(keyword.raw, similarity, head, fusion=cfg.semantic_fusion, head_weight=cfg.semantic_head_weight)
         scores = calibrate(fused, slope=cfg.semantic_slope, null_bias=cfg.semantic_null_bias,
                            null_coverage=cfg.semantic_null_coverage, coverage=keyword.coverage,
                            decimals=cfg.score_decimals, within=scope)
         return _Scored(scores, keyword.raw, similarity, "semantic", keyword.query_text,
-                       keyword.corrections, keyword.coverage, candidates=candidates)
+                       keyword.corrections, keyword.coverage, candidates=candidates, head=head)
 
     def _keyword_is_confident(self, scores: FloatArray, coverage: float, candidates: BoolArray) -> bool:
         """True when a task (one of the `candidates`), not an out-of-scope profile, leads with
@@ -470,6 +515,7 @@ class Matcher:
                 fields=fields,
                 best_phrase=best_phrase,
                 corrections=scored.corrections,
+                head_probability=None if scored.head is None else float(scored.head[position]),
             ))
         return explanations
 

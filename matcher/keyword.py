@@ -183,6 +183,11 @@ class KeywordIndex:
         self._char_t: Csr = (arrays["char_data"], arrays["char_indices"], arrays["char_indptr"])
         self._surface_vocab = _strings(arrays["surface"])
 
+    @property
+    def vocabulary_size(self) -> int:
+        """Columns of `query_vector`: the catalog's distinct word terms."""
+        return len(self._terms)
+
     def fuzzy_cache_info(self) -> tuple[int, int]:
         """Hits and misses of the fuzzy word-lookup cache so far."""
         info = self._closest_word.cache_info()

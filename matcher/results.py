@@ -112,6 +112,8 @@ class CandidateExplanation:
     fields: tuple[FieldMatch, ...]
     best_phrase: str | None
     corrections: tuple[FuzzyCorrection, ...] = field(default=())
+    head_probability: float | None = None
+    """The discriminative head's probability of the task (None: not on the semantic path, or no head)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +122,7 @@ class CandidateExplanation:
             "confidence": self.confidence,
             "keyword_raw": self.keyword_raw,
             "semantic_similarity": self.semantic_similarity,
+            "head_probability": self.head_probability,
             "fields": [
                 {"field": f.field, "similarity": f.similarity, "weight": f.weight,
                  "terms": [{"term": t, "contribution": c} for t, c in f.terms]}

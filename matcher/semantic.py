@@ -322,6 +322,11 @@ class SemanticIndex:
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self._centroids64 = centroids.astype(np.float32).astype(np.float64)
 
+    @property
+    def text_vectors(self) -> FloatMatrix:
+        """The profile texts' embeddings, one row each, profile by profile in `profile_texts` order."""
+        return self._text_vectors
+
     def vectors_by_text(self) -> dict[str, FloatMatrix]:
         """Each profile text's embedding (one row): what an updated catalog's index reuses."""
         return {text: self._text_vectors[row] for row, text in enumerate(self._texts)}

@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -29,6 +29,7 @@ from .config import FieldWeights, MatcherConfig
 from .engine import Matcher, SemanticOption, ruled_out_profiles
 from .errors import CatalogWarning, UnknownTaskError
 from .gate import RequestGate, fit_gate
+from .head import fuse
 from .keyword import SIGNALS, combine
 from .semantic import Embedder, profile_texts
 from .text import normalize, split_negated
@@ -44,6 +45,7 @@ _log = logging.getLogger(__name__)
 _WEIGHT_VALUES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 _FUSION_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 _CENTROID_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
+_HEAD_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 _THRESHOLDS = (*(round(0.3 + 0.025 * i, 3) for i in range(28)), 0.99)
 _MARGINS = tuple(round(0.025 * i, 3) for i in range(13))
 _MEDIUM_PRECISION = 0.5
@@ -157,6 +159,8 @@ class _Observed:
     centroid: FloatArray | None
     best: FloatArray | None
     vectors: npt.NDArray[np.float32] | None = None
+    head: FloatArray | None = None
+    """The discriminative head's probability of each profile (None: no head)."""
     weights: FloatArray | None = None
     """How much each query counts in every fit (None: one each)."""
     prior: BoolArray | None = None
@@ -183,6 +187,7 @@ class _Observed:
     @staticmethod
     def concat(parts: list[_Observed]) -> _Observed:
         semantic = all(p.centroid is not None for p in parts)
+        head = all(p.head is not None for p in parts)
         return _Observed(
             texts=[t for p in parts for t in p.texts],
             labels=np.concatenate([p.labels for p in parts]),
@@ -191,6 +196,7 @@ class _Observed:
             centroid=np.vstack([p.centroid for p in parts if p.centroid is not None]) if semantic else None,
             best=np.vstack([p.best for p in parts if p.best is not None]) if semantic else None,
             vectors=np.vstack([p.vectors for p in parts if p.vectors is not None]) if semantic else None,
+            head=np.vstack([p.head for p in parts if p.head is not None]) if head else None,
             weights=np.concatenate([p.row_weights for p in parts]),
             prior=np.concatenate([p.prior_rows for p in parts]),
         )
@@ -216,14 +222,20 @@ def _observe(matcher: Matcher, texts: list[str], labels: IntArray, *, progress: 
             signals[name][row] = values
             signals[name][row, list(excluded[row])] = 0.0
     centroid = best = vectors = None
+    head: FloatArray | None = None
     semantic_index = matcher._semantic_index()
     if semantic_index is not None:
         vectors = np.vstack([semantic_index.encode([text]) for text in _progress(requests, progress, "embeddings")])
         centroid, best = semantic_index.components(vectors)
+        task_head = matcher._task_head()
+        if task_head is not None:
+            words = [index.query_vector(index.repair(text)[0]) for text in requests]
+            head = task_head.profile_probabilities(words, vectors, matcher._is_task)
+        ruled_out = [values for values in (centroid, best, head) if values is not None]
         for row, positions in enumerate(excluded):  # a profile the request ruled out scores 0, as in the engine
-            centroid[row, list(positions)] = 0.0
-            best[row, list(positions)] = 0.0
-    return _Observed(texts, labels, signals, coverage, centroid, best, vectors)
+            for values in ruled_out:
+                values[row, list(positions)] = 0.0
+    return _Observed(texts, labels, signals, coverage, centroid, best, vectors, head)
 
 
 def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, precision_z: float,
@@ -256,13 +268,12 @@ def _fit(matcher: Matcher, observed: _Observed, *, target_precision: float, prec
         centroid, best = observed.centroid, observed.best
         centroid_weight, fusion = _fit_fusion(semantic_index.mix, centroid, best, keyword_raw,
                                               labels, is_task, rows)
-        fused = fusion * keyword_raw + (1.0 - fusion) * np.round(
-            semantic_index.mix(centroid, best, centroid_weight), 6)
-        s_slope, s_bias, s_coverage = _fit_calibration(
-            fused, coverage, labels, is_task, weights_per_query,
+        similarity = np.round(semantic_index.mix(centroid, best, centroid_weight), 6)
+        head_weight, fused, (s_slope, s_bias, s_coverage) = _fit_head_weight(
+            keyword_raw, similarity, observed.head, fusion, coverage, labels, is_task, weights_per_query,
             (base.semantic_slope, base.semantic_null_bias, base.semantic_null_coverage))
         config = replace(config, semantic_fusion=fusion, semantic_centroid_weight=centroid_weight,
-                         semantic_slope=s_slope, semantic_null_bias=s_bias,
+                         semantic_head_weight=head_weight, semantic_slope=s_slope, semantic_null_bias=s_bias,
                          semantic_null_coverage=s_coverage)
         semantic_scores = calibrate(fused, slope=s_slope, null_bias=s_bias, null_coverage=s_coverage,
                                     coverage=coverage, decimals=base.score_decimals)
@@ -554,6 +565,25 @@ def _fit_fusion(mix: Any, centroid: FloatArray, best: FloatArray, keyword_raw: F
     return choice
 
 
+def _fit_head_weight(keyword_raw: FloatArray, similarity: FloatArray, head: FloatArray | None, fusion: float,
+                     coverage: FloatArray, labels: IntArray, is_task: BoolArray, weights: FloatArray,
+                     start: tuple[float, float, float]) -> tuple[float, FloatArray,
+                                                                 tuple[float, float, float]]:
+    """The weight of the discriminative head in the semantic path's score, the fused scores and
+    their calibration: the weight whose fitted calibration has the lowest weighted log-loss (a
+    proper score of both the ranking and the confidence), ties to the smaller weight."""
+    chosen: tuple[float, FloatArray, tuple[float, float, float]] | None = None
+    lowest = math.inf
+    for head_weight in (_HEAD_WEIGHTS if head is not None else (0.0,)):
+        fused = fuse(keyword_raw, similarity, head, fusion=fusion, head_weight=head_weight)
+        params = _fit_calibration(fused, coverage, labels, is_task, weights, start)
+        loss = _calibration_loss(fused, coverage, labels, is_task, weights)(np.asarray(params))
+        if chosen is None or loss < lowest - _GRID_TOLERANCE * max(1.0, abs(lowest)):
+            chosen, lowest = (head_weight, fused, params), loss
+    assert chosen is not None
+    return chosen
+
+
 def _top_task(raw: FloatArray, labels: IntArray, is_task: BoolArray) -> tuple[FloatArray, BoolArray]:
     scores = np.where(is_task, raw, -1.0)
     top = np.argmax(scores, axis=1)
@@ -579,6 +609,18 @@ def _fit_calibration(raw: FloatArray, coverage: FloatArray, labels: IntArray, is
     deterministic; a failed fit keeps `start`.
     """
     from scipy.optimize import minimize
+
+    loss = _calibration_loss(raw, coverage, labels, is_task, weights)
+    result = minimize(loss, np.asarray(start, dtype=np.float64), method="L-BFGS-B",
+                      bounds=_CALIBRATION_BOUNDS)
+    if not result.success and not np.isfinite(result.fun):
+        return start
+    return _settle_on_grid(loss, result.x)
+
+
+def _calibration_loss(raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
+                      weights: FloatArray) -> Callable[[FloatArray], float]:
+    """The weighted mean negative log-likelihood of (slope, null bias, null coverage weight)."""
     from scipy.special import logsumexp
 
     rows = np.arange(len(raw))
@@ -594,11 +636,7 @@ def _fit_calibration(raw: FloatArray, coverage: FloatArray, labels: IntArray, is
         log_right = np.where(outside, log_outside, logits[rows, np.maximum(labels, 0)])
         return float(np.sum(weights * (log_total - log_right)) / weights.sum())
 
-    result = minimize(loss, np.asarray(start, dtype=np.float64), method="L-BFGS-B",
-                      bounds=_CALIBRATION_BOUNDS)
-    if not result.success and not np.isfinite(result.fun):
-        return start
-    return _settle_on_grid(loss, result.x)
+    return loss
 
 
 def _settle_on_grid(loss: Any, optimum: FloatArray) -> tuple[float, float, float]:

@@ -46,6 +46,7 @@ def test_wheel_from_the_sdist_contains_the_catalog_config_and_type_marker(built:
     assert "matcher/py.typed" in names
     assert "matcher/data/default-config.json" in names
     assert "matcher/data/catalog/document-extraction.yaml" in names
+    assert any(name.startswith("matcher/data/heads/head-") and name.endswith(".npz") for name in names)
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert not any(name.startswith(("tests/", "benchmarks/", "corpora/")) for name in names)
 
