@@ -23,7 +23,7 @@ from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import CONFIG_VERSION, FieldWeights, MatcherConfig
 from .errors import ConfigError, ConfigWarning, QueryError, SemanticUnavailableError
 from .gate import RequestGate
-from .head import TaskHead, cached_head, fuse, head_key
+from .head import SparseRow, TaskHead, cached_head, fuse, head_key
 from .reasons import outcome_reasoning
 from .results import (
     CandidateExplanation,
@@ -241,19 +241,24 @@ class Matcher:
                 if not self._head_built:
                     from .semantic import default_cache_dir
 
-                    keyword = self._keyword_index()
-                    words, labels = [], []
-                    for position, profile in enumerate(self._profiles):
-                        for text in profile_texts(profile):
-                            words.append(keyword.query_vector(keyword.repair(normalize(text))[0]))
-                            labels.append(position if profile.kind == "task" else -1)
+                    words, labels = self._head_training_rows()
                     self._head = cached_head(
-                        words, index.text_vectors, np.asarray(labels, dtype=np.int64),
-                        vocabulary=keyword.vocabulary_size,
+                        words, index.text_vectors, labels, vocabulary=self._keyword_index().vocabulary_size,
                         key=head_key(self.catalog.fingerprint, self._embedder.model_id if self._embedder else ""),
                         cache_dir=self._cache_dir if self._cache_dir is not None else default_cache_dir())
                     self._head_built = True
         return self._head
+
+    def _head_training_rows(self) -> tuple[list[SparseRow], npt.NDArray[np.int64]]:
+        """The head's training rows: each profile text's word vector (as a query's is built) and its
+        label, the profile's position or -1 for an out-of-scope profile; in `SemanticIndex.text_vectors` order."""
+        keyword = self._keyword_index()
+        words, labels = [], []
+        for position, profile in enumerate(self._profiles):
+            for text in profile_texts(profile):
+                words.append(keyword.query_vector(keyword.repair(normalize(text))[0]))
+                labels.append(position if profile.kind == "task" else -1)
+        return words, np.asarray(labels, dtype=np.int64)
 
     def head_probabilities(self, repaired: str, vector: npt.NDArray[np.float32]) -> FloatArray | None:
         """The head's probability of every profile for a repaired query embedded as `vector` (None: no head)."""

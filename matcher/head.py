@@ -91,14 +91,19 @@ class TaskHead:
             out[row] = self.intercept + lexical + dense
         return out
 
+    def class_probabilities(self, words: Sequence[SparseRow],
+                            vectors: npt.NDArray[np.floating[Any]]) -> FloatArray:
+        """Each row's softmax over the classes, unrounded."""
+        logits = self.logits(words, vectors)
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities: FloatArray = weights / weights.sum(axis=1, keepdims=True)
+        return probabilities
+
     def profile_probabilities(self, words: Sequence[SparseRow], vectors: npt.NDArray[np.floating[Any]],
                               is_task: npt.NDArray[np.bool_]) -> FloatArray:
         """Each row's probability of every profile: a task's own class, and for each out-of-scope
         profile the "no match" class; rounded so that every process compares the same numbers."""
-        logits = self.logits(words, vectors)
-        logits -= logits.max(axis=1, keepdims=True)
-        weights = np.exp(logits)
-        probabilities = np.round(weights / weights.sum(axis=1, keepdims=True), _PROBABILITY_DECIMALS)
+        probabilities = np.round(self.class_probabilities(words, vectors), _PROBABILITY_DECIMALS)
         out = np.zeros((len(words), len(is_task)))
         known = self.classes >= 0
         out[:, self.classes[known]] = probabilities[:, known]
@@ -165,10 +170,7 @@ def _stationarity_error(head: TaskHead, words: Sequence[SparseRow], vectors: npt
     """How far `head` is from the optimum of its fit: the largest entry of the gradient of the mean
     log-loss plus ``|W|^2 / (2 C n)`` (the objective L-BFGS minimised; the intercept is not
     regularised), 0 at the optimum and far from 0 for any other weights."""
-    logits = head.logits(words, vectors)
-    logits -= logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(logits)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    probabilities = head.class_probabilities(words, vectors)
     truth = (labels[:, None] == head.classes[None, :]).astype(np.float64)
     residual = probabilities - truth
     design = _design(words, vectors, head.word_weights.shape[0])

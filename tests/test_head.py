@@ -20,15 +20,11 @@ from tests.conftest import small_records
 
 
 def _training_rows(m: matcher.Matcher) -> tuple[list[task_head.SparseRow], np.ndarray, np.ndarray]:
-    """The head's training rows as the engine builds them: every profile text, word vector and embedding."""
-    keyword, index = m._keyword_index(), m._semantic_index()
+    """The head's training rows as the engine builds them: every profile text's word vector, embedding and label."""
+    index = m._semantic_index()
     assert index is not None
-    words, labels = [], []
-    for position, profile in enumerate(m._profiles):
-        for text in profile_texts(profile):
-            words.append(keyword.query_vector(keyword.repair(normalize(text))[0]))
-            labels.append(position if profile.kind == "task" else -1)
-    return words, index.text_vectors, np.asarray(labels, dtype=np.int64)
+    words, labels = m._head_training_rows()
+    return words, index.text_vectors, labels
 
 
 @pytest.fixture
