@@ -1,17 +1,26 @@
-"""Map raw similarities to calibrated scores in [0, 1] and assign confidence tiers."""
+"""Map raw similarities to calibrated scores in [0, 1], decide what the scores answer, and assign
+confidence tiers.
+
+The decision (`summarize`, `keyword_is_confident`, `decide`) is vectorized over queries: the engine
+runs it on one row, `tune` on every labelled query at once, so the two cannot disagree."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from .config import MatcherConfig
 
-__all__ = ["HIGH", "LOW", "MEDIUM", "calibrate", "confidence_tiers", "is_ambiguous"]
+__all__ = ["HIGH", "LOW", "MEDIUM", "Decision", "PathSummary", "calibrate", "clears_high", "confidence_tiers",
+           "decide", "is_ambiguous", "keyword_is_confident", "summarize"]
 
 HIGH, MEDIUM, LOW = "high", "medium", "low"
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, decimals: int,
@@ -41,25 +50,93 @@ def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, d
     return probabilities
 
 
-def confidence_tiers(scores: Sequence[float], config: MatcherConfig, *,
-                     allow_high: bool = True, high_threshold: float | None = None) -> list[str]:
-    """Tiers for scores sorted descending.
+@dataclass(frozen=True)
+class PathSummary:
+    """Calibrated scores of queries on one path (keyword or semantic), one entry per query, reduced
+    to what the decision reads."""
 
-    Only the leader can be ``high``: it needs the absolute threshold (`high_threshold`, the
-    leader's own when given, else the config's) *and* a lead of `high_margin` over the runner-up.
-    Everything else is capped at ``medium``, so tiers never rise as scores fall.
-    """
-    threshold = config.high_threshold if high_threshold is None else high_threshold
-    tiers = []
-    for position, score in enumerate(scores):
-        if score >= threshold and position == 0 and allow_high:
-            runner_up = scores[1] if len(scores) > 1 else 0.0
-            tiers.append(HIGH if score - runner_up >= config.high_margin else MEDIUM)
-        elif score >= config.medium_threshold:
-            tiers.append(MEDIUM)
-        else:
-            tiers.append(LOW)
-    return tiers
+    first: npt.NDArray[np.int64]  # the leading task's profile position
+    top: FloatArray  # the leading task's score
+    second: FloatArray  # the runner-up task's score (0 with no runner-up)
+    unsupported: FloatArray  # the best out-of-scope profile's score (-1 with none)
+    known_words: BoolArray  # the catalog knows enough of the query's words to answer on this path
+
+    @property
+    def task_leads(self) -> BoolArray:
+        """A task, not an out-of-scope profile, is strictly ahead."""
+        return self.top > self.unsupported
+
+
+def summarize(scores: FloatArray, tasks: BoolArray, unsupported: BoolArray, known_words: BoolArray) -> PathSummary:
+    """Reduce `scores` (queries x profiles, profiles sorted by id) to a `PathSummary`. `tasks` marks the
+    profiles that may be candidates (per profile, or per query and profile), `unsupported` the
+    out-of-scope profiles; tasks rank by (score descending, position ascending)."""
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    masked = np.where(tasks, scores, -1.0)
+    positions = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.lexsort((positions, -masked), axis=1)
+    rows = np.arange(len(scores))
+    first = order[:, 0].astype(np.int64)
+    runner = masked[rows, order[:, 1]] if scores.shape[1] > 1 else np.zeros(len(scores))
+    best_unsupported = (np.where(unsupported, scores, -1.0).max(axis=1) if np.any(unsupported)
+                        else np.full(len(scores), -1.0))
+    return PathSummary(first=first, top=masked[rows, first], second=np.maximum(runner, 0.0),
+                       unsupported=best_unsupported,
+                       known_words=np.broadcast_to(np.asarray(known_words, dtype=bool), (len(scores),)))
+
+
+def clears_high(top: float | FloatArray, second: float | FloatArray, threshold: float | FloatArray, *, margin: float,
+                decimals: int) -> BoolArray:
+    """The ``high`` bar: `top` reaches `threshold` and leads `second` by `margin`, the lead rounded to
+    the scores' `decimals` so that float noise in a subtraction never decides."""
+    lead = np.round(np.asarray(top) - np.asarray(second), decimals)
+    return np.asarray((np.asarray(top) >= threshold) & (lead >= margin))
+
+
+def keyword_is_confident(config: MatcherConfig, keyword: PathSummary) -> BoolArray:
+    """Whether the keyword path answers alone: a task leads on words the catalog mostly knows and clears
+    the ``high`` bar at the fallback threshold; otherwise the semantic path scores the query."""
+    return keyword.task_leads & keyword.known_words & clears_high(
+        keyword.top, keyword.second, config.fallback_threshold, margin=config.high_margin,
+        decimals=config.score_decimals)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the cascade answers for each query: the path that scored it and that path's summary."""
+
+    semantic: BoolArray  # the semantic path scored the query (the keyword path was not confident)
+    path: PathSummary  # the summary on the path that scored it
+    out_of_scope: BoolArray  # an out-of-scope profile leads, at least ``medium``
+    matched: BoolArray  # the leader is ``high``: a confident match
+
+
+def decide(config: MatcherConfig, keyword: PathSummary, semantic: PathSummary | None, *,
+           high_thresholds: FloatArray | None = None, gate: FloatArray | None = None) -> Decision:
+    """The cascade's answer for every query under `config`: the keyword path when it is confident (or
+    when there is no `semantic` path), else the semantic path; then a match needs no out-of-scope
+    profile ahead, known words, the ``high`` bar at the leading task's threshold (`high_thresholds`,
+    one per profile; default the config's) and, with `gate` (each query's request-gate probability),
+    a request."""
+    use_keyword = keyword_is_confident(config, keyword)
+    if semantic is None:
+        use_keyword, semantic = np.ones_like(use_keyword), keyword
+    path = PathSummary(*(np.where(use_keyword, getattr(keyword, name), getattr(semantic, name))
+                         for name in ("first", "top", "second", "unsupported", "known_words")))
+    out_of_scope = (path.unsupported >= config.medium_threshold) & (path.unsupported > path.top)
+    threshold = config.high_threshold if high_thresholds is None else np.asarray(high_thresholds)[path.first]
+    matched = ~out_of_scope & path.known_words & clears_high(
+        path.top, path.second, threshold, margin=config.high_margin, decimals=config.score_decimals)
+    if gate is not None:
+        matched &= np.asarray(gate) >= config.gate_threshold
+    return Decision(semantic=~use_keyword, path=path, out_of_scope=out_of_scope, matched=matched)
+
+
+def confidence_tiers(scores: Sequence[float], config: MatcherConfig, *, leader_high: bool) -> list[str]:
+    """Tiers for scores sorted descending: the leader is ``high`` when `leader_high` (the decision's
+    ``matched``); everything else is ``medium`` from the medium threshold up, else ``low``."""
+    return [HIGH if position == 0 and leader_high else MEDIUM if score >= config.medium_threshold else LOW
+            for position, score in enumerate(scores)]
 
 
 def is_ambiguous(scores: Sequence[float], config: MatcherConfig) -> bool:

@@ -18,7 +18,17 @@ import numpy as np
 import numpy.typing as npt
 
 from .cachefiles import read_cache_file
-from .calibration import HIGH, LOW, calibrate, confidence_tiers, is_ambiguous
+from .calibration import (
+    LOW,
+    PathSummary,
+    calibrate,
+    clears_high,
+    confidence_tiers,
+    decide,
+    is_ambiguous,
+    keyword_is_confident,
+    summarize,
+)
 from .catalog import Catalog, Task, default_catalog, load_catalog
 from .config import CONFIG_VERSION, FieldWeights, MatcherConfig
 from .errors import ConfigError, ConfigWarning, QueryError, SemanticUnavailableError
@@ -392,43 +402,50 @@ class Matcher:
         return _Scored(scores, keyword.raw, similarity, "semantic", keyword.query_text,
                        keyword.corrections, keyword.coverage, candidates=candidates, head=head)
 
+    def _summary(self, scores: FloatArray, candidates: BoolArray, known_words: bool) -> PathSummary:
+        """One query's scores reduced as `tune` reduces every labelled query's."""
+        return summarize(scores[None, :], candidates, ~self._is_task, np.array([known_words]))
+
     def _keyword_is_confident(self, scores: FloatArray, coverage: float, candidates: BoolArray) -> bool:
-        """True when a task (one of the `candidates`), not an out-of-scope profile, leads with
-        ``high`` confidence on a query whose words the catalog mostly knows."""
-        order = _ranking(scores)
-        if not candidates[order[0]] or coverage < self.config.keyword_min_coverage:
-            return False
-        task_scores = scores[order[candidates[order]][:2]].tolist()
-        lead = task_scores[0] - (task_scores[1] if len(task_scores) > 1 else 0.0)
-        return bool(task_scores[0] >= self.config.fallback_threshold
-                    and round(lead, self.config.score_decimals) >= self.config.high_margin)
+        """Whether the keyword path answers alone (`calibration.keyword_is_confident`, as in `tune`)."""
+        summary = self._summary(scores, candidates, coverage >= self.config.keyword_min_coverage)
+        return bool(keyword_is_confident(self.config, summary)[0])
+
+    def _high_thresholds(self) -> FloatArray | None:
+        """Each profile's own ``high`` threshold (None: the config's one for all)."""
+        cfg = self.config
+        if not cfg.task_high_thresholds:
+            return None
+        return np.array([cfg.high_threshold_for(p.id) for p in self._profiles])
 
     def _result(self, query: str, scored: _Scored, top_k: int) -> TaskMatch:
         cfg = self.config
         order = _ranking(scored.scores)
-        task_order = order[(self._is_task if scored.candidates is None else scored.candidates)[order]]
+        candidates_mask = self._is_task if scored.candidates is None else scored.candidates
+        task_order = order[candidates_mask[order]]
         unsupported = order[~self._is_task[order]]
         task_scores = scored.scores[task_order].tolist()
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
-        out_of_scope = best_unsupported >= cfg.medium_threshold and best_unsupported > task_scores[0]
         known_words = scored.matcher == "semantic" or scored.coverage >= cfg.keyword_min_coverage
-        gate_rejects = scored.gate is not None and scored.gate < cfg.gate_threshold
-        allowed = not out_of_scope and known_words
-        leader_threshold = cfg.high_threshold_for(self._profiles[int(task_order[0])].id)
-        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, allow_high=allowed and not gate_rejects,
-                                 high_threshold=leader_threshold)
-        gate_decided = gate_rejects and allowed and confidence_tiers(
-            task_scores[:2], cfg, high_threshold=leader_threshold)[0] == HIGH
+        summary = self._summary(scored.scores, candidates_mask, known_words)
+        thresholds = self._high_thresholds()
+        gate = None if scored.gate is None else np.array([scored.gate])
+        decision = decide(cfg, summary, None, high_thresholds=thresholds, gate=gate)
+        out_of_scope, matched = bool(decision.out_of_scope[0]), bool(decision.matched[0])
+        gate_decided = (not matched and gate is not None
+                        and bool(decide(cfg, summary, None, high_thresholds=thresholds).matched[0]))
+        tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, leader_high=matched)
         candidates = tuple(
             TaskMatchCandidate(self._profiles[i].id, float(s), t)
             for i, s, t in zip(task_order[:top_k].tolist(), task_scores[:top_k], tiers, strict=False)
         )
-        chosen = candidates[0] if tiers[0] == HIGH else None
+        chosen = candidates[0] if matched else None
         ambiguous = is_ambiguous(task_scores[:2], cfg)
         top = self._profiles[int(task_order[0])]
         if out_of_scope:
             kind, profile, position = "unsupported", self._profiles[int(unsupported[0])], int(unsupported[0])
-            confidence = confidence_tiers([best_unsupported], cfg)[0]
+            confidence = confidence_tiers([best_unsupported], cfg, leader_high=bool(clears_high(
+                best_unsupported, 0.0, cfg.high_threshold, margin=cfg.high_margin, decimals=cfg.score_decimals)))[0]
         else:
             profile, position, confidence = top, int(task_order[0]), tiers[0]
             if top.category == CAPABILITY_CATEGORY and confidence != LOW:

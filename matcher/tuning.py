@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from .calibration import calibrate
+from .calibration import PathSummary, calibrate, decide, summarize
 from .catalog import Catalog, Task
 from .config import FieldWeights, MatcherConfig
 from .engine import Matcher, SemanticOption, ruled_out_profiles
@@ -67,16 +67,10 @@ fewer, and below 1 the per-task thresholds, whose minimum answers shrink with z,
 
 
 @dataclass(frozen=True)
-class _Path:
-    """Calibrated scores of every query on one path, reduced to what the decisions need."""
+class _Path(PathSummary):
+    """Calibrated scores of every labelled query on one path, with whether its leading task is the label."""
 
-    first: npt.NDArray[np.int64]
-    top: FloatArray
-    second: FloatArray
     correct: BoolArray
-    unsupported: FloatArray
-    task_leads: BoolArray
-    known_words: BoolArray
 
 
 def tune(catalog: Catalog, labelled: Iterable[tuple[str, str | None]], *,
@@ -669,16 +663,9 @@ def _settle_on_grid(loss: Any, optimum: FloatArray) -> tuple[float, float, float
 
 
 def _reduce(scores: FloatArray, labels: IntArray, is_task: BoolArray, known_words: BoolArray) -> _Path:
-    tasks = np.where(is_task, scores, -1.0)
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -tasks), axis=1)
-    first, second = order[:, 0], order[:, 1] if scores.shape[1] > 1 else order[:, 0]
-    rows = np.arange(len(scores))
-    top = tasks[rows, first]
-    runner = tasks[rows, second] if scores.shape[1] > 1 else np.zeros(len(scores))
-    unsupported = (np.where(~is_task, scores, -1.0).max(axis=1) if (~is_task).any()
-                   else np.full(len(scores), -1.0))
-    return _Path(first=first, top=top, second=np.maximum(runner, 0.0), correct=first == labels,
-                 unsupported=unsupported, task_leads=top >= unsupported, known_words=known_words)
+    summary = summarize(scores, is_task, ~is_task, known_words)
+    return _Path(**{f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)},
+                 correct=summary.first == labels)
 
 
 def _fit_request_gate(matcher: Matcher, observed: _Observed, *, learn_catalog_phrases: bool = True,
@@ -732,33 +719,16 @@ class _Decisions:
 
 def _decide(config: MatcherConfig, keyword: _Path, semantic: _Path | None,
             gate: FloatArray | None = None, ids: Sequence[str] = ()) -> _Decisions:
-    """What the engine's cascade answers for every query under `config` (vectorized); `gate` holds
-    each query's request-gate probability, and `ids` the profile ids, which per-task thresholds need."""
-    m, medium = config.high_margin, config.medium_threshold
-    lead_kw = np.round(keyword.top - keyword.second, config.score_decimals)
-    use_keyword = (keyword.task_leads & (keyword.top > keyword.unsupported) & keyword.known_words
-                   & (keyword.top >= config.fallback_threshold) & (lead_kw >= m))
-    if semantic is None:
-        use_keyword = np.ones_like(use_keyword)
-        semantic = keyword
-    top = np.where(use_keyword, keyword.top, semantic.top)
-    second = np.where(use_keyword, keyword.second, semantic.second)
-    unsupported = np.where(use_keyword, keyword.unsupported, semantic.unsupported)
-    correct = np.where(use_keyword, keyword.correct, semantic.correct)
-    known_words = np.where(use_keyword, keyword.known_words, semantic.known_words)
-    out_of_scope = (unsupported >= medium) & (unsupported > top)
-    lead = np.round(top - second, config.score_decimals)
-    predicted = np.where(use_keyword, keyword.first, semantic.first)
+    """What the engine's cascade answers for every query under `config`: `calibration.decide`, the
+    code the engine runs; `ids` (the profile ids) give the per-task ``high`` thresholds."""
+    thresholds = None
     if config.task_high_thresholds:
         if not ids:
             raise ValueError("per-task thresholds need the profile ids")
-        h: float | FloatArray = np.array([config.high_threshold_for(i) for i in ids])[predicted]
-    else:
-        h = config.high_threshold
-    matched = ~out_of_scope & known_words & (top >= h) & (lead >= m)
-    if gate is not None:
-        matched &= gate >= config.gate_threshold
-    return _Decisions(predicted, matched, correct, top, out_of_scope, ~use_keyword)
+        thresholds = np.array([config.high_threshold_for(i) for i in ids])
+    d = decide(config, keyword, semantic, high_thresholds=thresholds, gate=gate)
+    correct = keyword.correct if semantic is None else np.where(d.semantic, semantic.correct, keyword.correct)
+    return _Decisions(d.path.first, d.matched, correct, d.path.top, d.out_of_scope, d.semantic)
 
 
 def _check_precision_z(z: float) -> None:

@@ -297,7 +297,7 @@ def test_a_task_gets_its_own_threshold_only_with_enough_labelled_answers() -> No
     ones = np.ones(len(top), dtype=bool)
     path = _Path(first=np.array([0] * 100 + [1] * 20), top=top, second=np.zeros(len(top)),
                  correct=np.array([True] * 90 + [False] * 10 + [True] * 20), unsupported=np.full(len(top), -1.0),
-                 task_leads=ones, known_words=ones)
+                 known_words=ones)
     config = MatcherConfig(high_threshold=0.4, medium_threshold=0.3, high_margin=0.1, fallback_threshold=0.4)
     args = (path, None, ones, 0.97, np.ones(len(top)), np.ones(len(top)))
     fitted, report = _fit_task_thresholds(config, *args, ones, ["a", "b"], z=1.645)
