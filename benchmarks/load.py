@@ -251,11 +251,23 @@ def render(rows: Sequence[Level]) -> str:
     return "\n".join(lines)
 
 
+def keyword_share_of_ceiling(rows: Sequence[Level]) -> str:
+    """The keyword-only server's keyword path as a share of its healthz ceiling, level by level."""
+    rate = {(row.server, row.concurrency, row.path): row.rate for row in rows}
+    parts = [f"c = {c}: {rate[('keyword-only', c, 'keyword')]:.0f} / {ceiling:.0f} rps = "
+             f"**{rate[('keyword-only', c, 'keyword')] / ceiling:.0%}**"
+             for (server, c, path), ceiling in sorted(rate.items(), key=lambda item: item[0][1])
+             if server == "keyword-only" and path == "healthz" and ceiling > 0
+             and ("keyword-only", c, "keyword") in rate]
+    return "Keyword path as a share of the healthz ceiling, same run: " + "; ".join(parts) if parts else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the machine facts and the table; exit 1 if any request failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
-    parser.add_argument("--requests", type=int, default=400, help="requests per level (default 400)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="requests per level (default 2000: shorter levels last under a second and are noisy)")
     parser.add_argument("--time-cap", type=float, default=20.0,
                         help="seconds per level before stopping early (default 20)")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels (default 1,16,64)")
@@ -280,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"- {args.requests} requests per level (capped at {args.time_cap:g} s), "
           f"up to {_MAX_QUERIES_PER_PATH} distinct corpus queries per path, cycled\n")
     print(render(rows))
+    ratio = keyword_share_of_ceiling(rows)
+    if ratio:
+        print(f"\n{ratio}")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
     return 1 if any(row.errors for row in rows) else 0
 

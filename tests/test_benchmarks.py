@@ -464,3 +464,15 @@ def test_a_failed_section_says_so_with_its_output_instead_of_losing_the_run() ->
     text = run_all.failed_section("reload under load", "benchmarks.reload", error)
     assert text.startswith("## reload under load (`python -m benchmarks.reload`): failed in this run")
     assert "TimeoutError: the workers did not all reach it" in text and "exit status 1" in text
+
+
+def test_the_load_report_states_the_keyword_path_as_a_share_of_the_ceiling() -> None:
+    from benchmarks.load import Level, keyword_share_of_ceiling
+
+    def level(path: str, concurrency: int, seconds: float) -> Level:
+        return Level("keyword-only", concurrency, path, 1000, 0, seconds, (1.0,))
+
+    rows = [level("healthz", 16, 0.5), level("keyword", 16, 1.25), level("healthz", 1, 1.0), level("keyword", 1, 2.0)]
+    assert keyword_share_of_ceiling(rows) == ("Keyword path as a share of the healthz ceiling, same run: "
+                                              "c = 1: 500 / 1000 rps = **50%**; c = 16: 800 / 2000 rps = **40%**")
+    assert keyword_share_of_ceiling([level("keyword", 16, 1.0)]) == ""
