@@ -27,6 +27,14 @@ itself: an HTTP/1.1 request without a Host header, and a request head larger tha
 requests is counted from the next read). While the app computes a response, no deadline runs:
 that work is bounded by the app itself.
 
+**Admission.** An app may put an `Admission` in its lifespan state under `ADMISSION_STATE`. The
+httptools protocol then asks it about each request as soon as the whole request is in, before the
+request's app task runs, and writes the refusal it returns at once (closing the connection). A
+refusal then costs one parser callback, however busy the app is: under a burst, every request over
+the app's cap is answered in the read that brought it, ahead of the work admitted before it. The
+h11 protocol, and a pipelined request (whose answer must wait for the ones before it), leave the
+decision to the app.
+
 `LimitedConfig` is uvicorn's `Config` with one of these protocols, the three timeouts and uvicorn's
 ``auto`` loop (uvloop, which the ``server`` extra installs; asyncio's own loop without it); it is
 pickled to worker processes like uvicorn's own, so every worker enforces the same deadlines.
@@ -39,7 +47,8 @@ import http
 import json
 import logging
 import math
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, cast
 
 import h11
 import uvicorn
@@ -49,12 +58,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 __all__ = [
+    "ADMISSION_STATE",
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_HTTP",
     "DEFAULT_KEEP_ALIVE_TIMEOUT",
     "HTTP_CHOICES",
     "MAX_HEAD_BYTES",
+    "Admission",
     "GuardedH11Protocol",
     "GuardedHttpToolsProtocol",
     "LimitedConfig",
@@ -69,16 +80,28 @@ MAX_HEAD_BYTES = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 HTTP_CHOICES = ("httptools", "h11")
 DEFAULT_HTTP = "httptools"
 _INVALID_REQUEST = "Invalid HTTP request received."
+# The lifespan-state key under which an app hands the protocol its `Admission`.
+ADMISSION_STATE = "task-matcher.admission"
 Phase = Literal["head", "body", "idle"]
 _log = logging.getLogger(__name__)
 
 
-def error_response_bytes(status: int, detail: str) -> bytes:
-    """A complete HTTP/1.1 response with a JSON ``{"detail": ...}`` body that closes the connection."""
+def error_response_bytes(status: int, detail: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 response with a JSON ``{"detail": ...}`` body and `headers` that closes the
+    connection."""
     body = json.dumps({"detail": detail}).encode("utf-8")
+    extra = "".join(f"{name.lower()}: {value}\r\n" for name, value in (headers or {}).items())
     head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+            f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n")
     return head.encode("ascii") + body
+
+
+class Admission(Protocol):
+    """An app's say over a request before its task runs (see the module docstring)."""
+
+    def refusal(self, scope: dict[str, Any]) -> bytes | None:
+        """The complete response refusing the request of `scope` (method, path, headers and state are
+        set), or None to hand it to the app, which may keep a note in ``scope["state"]``."""
 
 
 def _bad_request_bytes(msg: str) -> bytes:
@@ -244,6 +267,23 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._request = "done"
         super().on_message_complete()
+        self._admit()
+
+    def _admit(self) -> None:
+        """Ask the app's `Admission`, if it gave one, about the request now in full; write its refusal at
+        once, and the app's own answer to the request is dropped."""
+        admission: Admission | None = self.app_state.get(ADMISSION_STATE)
+        cycle = self.cycle
+        if admission is None or cycle is None or cycle.response_started or self.pipeline \
+                or self.transport.is_closing():
+            return
+        refusal = admission.refusal(cast(dict[str, Any], self.scope))
+        if refusal is not None:
+            self.transport.write(refusal)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # the FIN now, not once the loop reaches the close
+            self._abandon()
+            self.transport.close()
 
     def _wanted(self) -> Phase | None:
         if self._request in ("none", "head"):

@@ -105,12 +105,14 @@ from uvicorn.supervisors import Multiprocess
 
 from .catalog import Catalog, Task
 from .connections import (
+    ADMISSION_STATE,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HTTP,
     DEFAULT_KEEP_ALIVE_TIMEOUT,
     HTTP_CHOICES,
     LimitedConfig,
+    error_response_bytes,
 )
 from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher
 from .errors import MatcherError, UnknownTaskError
@@ -371,11 +373,13 @@ def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[st
     first_warm.keys_required = bool(keys)
     first_warm.after(lambda: metrics.warmed(first.matcher))
 
+    admission = _MatchAdmission(max_concurrency, keys=keys)
+
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         first_warm.start()
         live.watch()
-        yield
+        yield {ADMISSION_STATE: admission}  # the HTTP protocol refuses over-capacity matches itself
         live.stop()
         if first_warm.status == "starting":
             _log.info("shutting down: waiting for the warm-up to finish (a model load cannot be interrupted)")
@@ -385,9 +389,9 @@ def create_app(matcher: Matcher | Live | None = None, *, api_keys: Collection[st
                   redoc_url=None, description="Match plain-English job descriptions to benchmark tasks.")
     app.state.live = live
     app.state.metrics = metrics
+    app.state.admission = admission
     app.add_middleware(_RequestGate, keys=keys, max_body_bytes=max_body_bytes,
-                       open_paths=frozenset(HEALTH_PATHS), capped=("POST", MATCH_PATH),
-                       admission=anyio.CapacityLimiter(max_concurrency),
+                       open_paths=frozenset(HEALTH_PATHS), admission=admission,
                        admin_keys=admin, admin_paths=frozenset({ADMIN_RELOAD_PATH}) if admin else frozenset())
     app.add_middleware(_Observe, metrics=metrics)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -653,6 +657,76 @@ class _Observe:
                                          outcome.get("matcher", "")).inc()
 
 
+class _Slot:
+    """One admitted match's hold on the cap (an `anyio.CapacityLimiter` borrower)."""
+
+
+_SLOT = "task-matcher.slot"  # where `_MatchAdmission` notes its verdict, in the request's scope["state"]
+_REFUSED = "refused"
+
+
+class _MatchAdmission:
+    """The cap on matches in flight per worker, shared by the HTTP protocol and `_RequestGate`.
+
+    The protocol asks first, through `refusal`, once a match's whole request is in and before its
+    app task runs: a refusal is then written in the read that brought the request, so under a burst
+    every match over the cap gets its 503 before the server turns to the work it admitted. A slot
+    taken there is noted in the request's state and released by the gate when the match is done.
+    Requests the protocol does not screen (the h11 protocol, a pipelined request, one whose
+    credentials or path the gate will refuse) are admitted by the gate itself.
+    """
+
+    def __init__(self, limit: int, *, keys: tuple[bytes, ...]) -> None:
+        self.limiter = anyio.CapacityLimiter(limit)
+        self.keys = keys
+        self.detail = f"the server is at its limit of {limit} matches in flight; retry shortly"
+        self.headers = {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}
+        self.refused = error_response_bytes(503, self.detail, self.headers)
+
+    @property
+    def full(self) -> bool:
+        return self.limiter.available_tokens < 1
+
+    def take(self) -> _Slot | None:
+        """A slot for one match, or None when the cap is full."""
+        slot = _Slot()
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(slot)
+        except anyio.WouldBlock:
+            return None
+        return slot
+
+    def release(self, slot: _Slot) -> None:
+        self.limiter.release_on_behalf_of(slot)
+
+    def refusal(self, scope: dict[str, Any]) -> bytes | None:
+        """The protocol's question (see `matcher.connections.Admission`): the 503 for a match over the
+        cap, or None after taking it a slot, or for any request that is not the gate's to admit yet."""
+        if scope["method"] != "POST" or scope["path"] != MATCH_PATH or b"%" in scope["raw_path"]:
+            return None
+        if self.keys and _credential_problem(dict(scope["headers"][::-1]).get(b"authorization"), self.keys,
+                                             "API key") is not None:
+            return None  # the gate answers 401: a refused key learns nothing about the load
+        slot = self.take()
+        scope["state"][_SLOT] = slot if slot is not None else _REFUSED
+        return None if slot is not None else self.refused
+
+
+def _credential_problem(header: bytes | None, keys: tuple[bytes, ...], what: str) -> str | None:
+    """Why a request with this Authorization `header` is not authenticated, or None; compares against
+    every key in constant time."""
+    if header is None:
+        return f"missing {what}: send the header 'Authorization: Bearer <key>'"
+    scheme, _, token = header.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return "malformed Authorization header: expected 'Bearer <key>'"
+    token = token.strip()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token, key)
+    return None if matched else f"invalid {what}"
+
+
 class _RequestGate:
     """Pure ASGI layer in front of the app: API keys, the path, the body-size limit, then the cap on matches.
 
@@ -662,16 +736,16 @@ class _RequestGate:
     A path with an encoded slash is refused (404): uvicorn decodes ``%2F`` before routing, so
     ``/v1/tasks/a%2Fleaderboard`` would reach the leaderboard of task ``a`` instead of asking
     for a task whose id holds a slash (no id does). ``HEAD`` is answered as ``GET`` (uvicorn
-    sends the headers only), so every GET route answers HEAD. Requests to the `capped` route are
-    admitted while `admission` has a token left, and otherwise refused with 503 at once: before their
-    body is read when the cap is already full, else once it is in, never parsed: refusing must cost
-    next to nothing when the server is busiest. A slot is taken only once the whole body is in, so
-    connections that dribble a body cannot fill the cap.
+    sends the headers only), so every GET route answers HEAD. A match is admitted while
+    `admission` has a slot free, and otherwise refused with 503 at once, never parsed: refusing
+    must cost next to nothing when the server is busiest. The HTTP protocol usually decides first
+    (see `_MatchAdmission`); otherwise the gate refuses before the body is read when the cap is
+    already full, and takes a slot only once the whole body is in, so connections that dribble a
+    body cannot fill the cap.
     """
 
     def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...], max_body_bytes: int,
-                 open_paths: frozenset[str], capped: tuple[str, str],
-                 admission: anyio.CapacityLimiter, admin_keys: tuple[bytes, ...] = (),
+                 open_paths: frozenset[str], admission: _MatchAdmission, admin_keys: tuple[bytes, ...] = (),
                  admin_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.keys = keys
@@ -679,7 +753,6 @@ class _RequestGate:
         self.admin_paths = admin_paths
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
-        self.capped = capped
         self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -688,13 +761,13 @@ class _RequestGate:
             return
         headers = dict(scope["headers"][::-1])  # the first of repeated headers wins
         if scope["path"] in self.admin_paths:  # admin keys only: an API key opens nothing here
-            problem = self._auth_problem(headers.get(b"authorization"), self.admin_keys, "admin key")
+            problem = _credential_problem(headers.get(b"authorization"), self.admin_keys, "admin key")
             if problem is not None:
                 await _reject(scope, receive, send, 401, problem,
                               {"WWW-Authenticate": 'Bearer realm="task-matcher admin"'})
                 return
         elif self.keys and scope["path"] not in self.open_paths:
-            problem = self._auth_problem(headers.get(b"authorization"), self.keys, "API key")
+            problem = _credential_problem(headers.get(b"authorization"), self.keys, "API key")
             if problem is not None:
                 await _reject(scope, receive, send, 401, problem,
                               {"WWW-Authenticate": 'Bearer realm="task-matcher"'})
@@ -705,25 +778,33 @@ class _RequestGate:
             return
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
-        capped = (scope["method"], scope["path"]) == self.capped
-        if capped and self.admission.available_tokens < 1:  # full already: refused before its body is read
-            await self._over_capacity(scope, receive, send)
+        if (scope["method"], scope["path"]) != ("POST", MATCH_PATH):
+            body = await self._read_body(scope, receive, send, headers)
+            if body is not None:
+                await self.app(scope, _replay(body, receive), send)
             return
-        body = await self._read_body(scope, receive, send, headers)
-        if body is None:
-            return
-        if not capped:
-            await self.app(scope, _replay(body, receive), send)
-            return
-        try:  # after the body: a slow sender holds a connection, never a slot (the body deadline ends it)
-            self.admission.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._over_capacity(scope, receive, send)
-            return
+        state = scope.setdefault("state", {})
         try:
+            if _SLOT not in state and self.admission.full:  # full already: refused before its body is read
+                await self._over_capacity(scope, receive, send)
+                return
+            body = await self._read_body(scope, receive, send, headers)
+            if state.get(_SLOT) == _REFUSED:  # the protocol sent the 503; this one, dropped, keeps metrics true
+                await self._over_capacity(scope, receive, send)
+                return
+            if body is None:
+                return
+            if _SLOT not in state:  # after the body: a slow sender holds a connection, never a slot
+                slot = self.admission.take()
+                if slot is None:
+                    await self._over_capacity(scope, receive, send)
+                    return
+                state[_SLOT] = slot
             await self.app(scope, _replay(body, receive), send)
-        finally:
-            self.admission.release()
+        finally:  # the slot, whether the protocol or the gate took it (the body may have come after the check)
+            slot = state.get(_SLOT)
+            if isinstance(slot, _Slot):
+                self.admission.release(slot)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send,
                          headers: dict[bytes, bytes]) -> bytes | None:
@@ -751,24 +832,8 @@ class _RequestGate:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    @staticmethod
-    def _auth_problem(header: bytes | None, keys: tuple[bytes, ...], what: str) -> str | None:
-        """Why the request is not authenticated, or None; compares against every key in constant time."""
-        if header is None:
-            return f"missing {what}: send the header 'Authorization: Bearer <key>'"
-        scheme, _, token = header.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return "malformed Authorization header: expected 'Bearer <key>'"
-        token = token.strip()
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(token, key)
-        return None if matched else f"invalid {what}"
-
     async def _over_capacity(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _reject(scope, receive, send, 503,
-                      f"the server is at its limit of {int(self.admission.total_tokens)} matches in flight; "
-                      "retry shortly", {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+        await _reject(scope, receive, send, 503, self.admission.detail, self.admission.headers)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _reject(scope, receive, send, 413,

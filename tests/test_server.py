@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -656,6 +657,119 @@ def test_a_match_over_the_cap_is_refused_before_its_body_arrives() -> None:
                 reply = conn.recv(65536)
             assert reply.startswith(b"HTTP/1.1 503 "), reply[:200]  # not the body deadline's 408
             assert b"\r\nretry-after: 1\r\n" in reply.lower()
+        finally:
+            held.release.set()
+        assert first.result().status_code == 200
+
+
+def _raw_match(query: str = MATCHED, *, key: str | None = None) -> bytes:
+    """A kept-alive match request, as bytes on the wire."""
+    body = json.dumps({"query": query}).encode()
+    auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
+    return (b"POST /v1/tasks/match HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n" + auth
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def _read_until_closed(conn: socket.socket, *, limit: float = 10.0) -> bytes:
+    """Everything the server sends on `conn` until it closes it; fails if it still holds it after `limit` s."""
+    conn.settimeout(limit)
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_match_over_the_cap_gets_the_same_503_from_the_protocol_or_the_gate(http: str) -> None:
+    """httptools refuses in the parser callback and closes the connection; h11 leaves it to the app's
+    gate, which keeps the connection alive. Both refuse with the same status, headers and body."""
+    held = HeldMatcher()
+    app = create_app(held, max_concurrency=1)
+    with serve_in_background(app, settings=ServerSettings(http=http)) as url, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(httpx.post, f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=60)
+            assert held.entered.acquire(timeout=30)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(_raw_match())
+                if http == "httptools":
+                    reply = _read_until_closed(conn)
+                else:
+                    reply = conn.recv(65536)
+                    conn.sendall(b"GET /v1/tasks HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    later = _read_until_closed(conn)
+                    assert later.startswith(b"HTTP/1.1 200 "), later[:200]  # kept alive
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), reply[:300]
+            fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+            assert fields[b"retry-after"] == b"1"
+            assert (fields.get(b"connection") == b"close") == (http == "httptools")
+            assert json.loads(body) == {"detail": "the server is at its limit of 1 matches in flight; retry shortly"}
+        finally:
+            held.release.set()
+        assert first.result().status_code == 200
+        assert app.state.admission.limiter.borrowed_tokens == 0  # every slot came back
+
+
+def test_a_burst_over_the_cap_is_refused_while_the_admitted_matches_run_and_counted() -> None:
+    held = HeldMatcher()
+    app = create_app(held, max_concurrency=3)
+    with serve_in_background(app) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        connections = [socket.create_connection((host, int(port)), timeout=30) for _ in range(20)]
+        try:
+            for conn in connections:
+                conn.sendall(_raw_match())
+            for _ in range(3):
+                assert held.entered.acquire(timeout=30)  # three admitted, held in the matcher
+            refused = [_read_until_closed(conn) for conn in connections[3:]]  # answered while those are held
+            assert all(reply.startswith(b"HTTP/1.1 503 ") for reply in refused), [r[:40] for r in refused]
+            held.release.set()
+            for conn in connections[:3]:
+                conn.settimeout(30)
+                assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+        finally:
+            held.release.set()
+            for conn in connections:
+                conn.close()
+        assert app.state.admission.limiter.borrowed_tokens == 0
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        counted = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("task_matcher_requests_total{") and 'route="/v1/tasks/match"' in line}
+        assert sum(v for k, v in counted.items() if 'status="503"' in k) == 17, counted
+        assert sum(v for k, v in counted.items() if 'status="200"' in k) == 3, counted
+
+
+def test_a_match_over_the_cap_without_a_valid_key_gets_401_not_503() -> None:
+    held = HeldMatcher()
+    with serve_in_background(create_app(held, api_keys=KEYS, max_concurrency=1)) as url, \
+            ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(httpx.post, f"{url}/v1/tasks/match", json={"query": MATCHED},
+                                headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=60)
+            assert held.entered.acquire(timeout=30)
+            for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                                    ({"Authorization": f"Bearer {KEYS[1]}"}, 503)):
+                response = httpx.post(f"{url}/v1/tasks/match", json={"query": MATCHED}, headers=headers, timeout=10)
+                assert response.status_code == status, response.text
+        finally:
+            held.release.set()
+        assert first.result().status_code == 200
+
+
+def test_a_pipelined_match_over_the_cap_is_answered_after_the_request_before_it() -> None:
+    held = HeldMatcher()
+    with serve_in_background(create_app(held, max_concurrency=1)) as url, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(httpx.post, f"{url}/v1/tasks/match", json={"query": MATCHED}, timeout=60)
+            assert held.entered.acquire(timeout=30)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(b"GET /v1/tasks HTTP/1.1\r\nHost: test\r\n\r\n" + _raw_match()
+                             + b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                replies = _read_until_closed(conn)
+            statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", replies)]
+            assert statuses == [200, 503, 200], replies[:400]
         finally:
             held.release.set()
         assert first.result().status_code == 200
