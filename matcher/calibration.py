@@ -73,8 +73,7 @@ def summarize(scores: FloatArray, tasks: BoolArray, unsupported: BoolArray, know
     out-of-scope profiles; tasks rank by (score descending, position ascending)."""
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     masked = np.where(tasks, scores, -1.0)
-    positions = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    order = np.lexsort((positions, -masked), axis=1)
+    order = np.argsort(-masked, axis=1, kind="stable")  # a stable sort keeps ties in position order
     rows = np.arange(len(scores))
     first = order[:, 0].astype(np.int64)
     runner = masked[rows, order[:, 1]] if scores.shape[1] > 1 else np.zeros(len(scores))
@@ -109,6 +108,7 @@ class Decision:
     path: PathSummary  # the summary on the path that scored it
     out_of_scope: BoolArray  # an out-of-scope profile leads, at least ``medium``
     matched: BoolArray  # the leader is ``high``: a confident match
+    clears_bar: BoolArray  # the same without the request gate (so ~matched & clears_bar: the gate refused)
 
 
 def decide(config: MatcherConfig, keyword: PathSummary, semantic: PathSummary | None, *,
@@ -125,11 +125,11 @@ def decide(config: MatcherConfig, keyword: PathSummary, semantic: PathSummary | 
                          for name in ("first", "top", "second", "unsupported", "known_words")))
     out_of_scope = (path.unsupported >= config.medium_threshold) & (path.unsupported > path.top)
     threshold = config.high_threshold if high_thresholds is None else np.asarray(high_thresholds)[path.first]
-    matched = ~out_of_scope & path.known_words & clears_high(
+    clears_bar = ~out_of_scope & path.known_words & clears_high(
         path.top, path.second, threshold, margin=config.high_margin, decimals=config.score_decimals)
-    if gate is not None:
-        matched &= np.asarray(gate) >= config.gate_threshold
-    return Decision(semantic=~use_keyword, path=path, out_of_scope=out_of_scope, matched=matched)
+    matched = clears_bar if gate is None else clears_bar & (np.asarray(gate) >= config.gate_threshold)
+    return Decision(semantic=~use_keyword, path=path, out_of_scope=out_of_scope, matched=matched,
+                    clears_bar=clears_bar)
 
 
 def confidence_tiers(scores: Sequence[float], config: MatcherConfig, *, leader_high: bool) -> list[str]:

@@ -78,6 +78,7 @@ class _Scored:
     normalized: str = ""
     candidates: BoolArray | None = None  # the tasks that may be candidates (None: every task)
     head: FloatArray | None = None  # the discriminative head's probabilities (None: not used)
+    summary: PathSummary | None = None  # the keyword path's summary, when it answered (reduced once)
 
 
 @dataclass(frozen=True)
@@ -380,13 +381,11 @@ class Matcher:
         kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
                               null_coverage=cfg.keyword_null_coverage, coverage=keyword.coverage,
                               decimals=cfg.score_decimals, within=scope)
-        if self._keyword_is_confident(kw_scores, keyword.coverage, candidates):
+        summary = self._summary(kw_scores, candidates, keyword.coverage >= cfg.keyword_min_coverage)
+        index = None if keyword_is_confident(cfg, summary)[0] else self._semantic_index()
+        if index is None:  # the keyword path answers: it is confident, or there is no semantic path
             return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections, keyword.coverage, candidates=candidates)
-        index = self._semantic_index()
-        if index is None:
-            return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections, keyword.coverage, candidates=candidates)
+                           keyword.corrections, keyword.coverage, candidates=candidates, summary=summary)
         if vector is None:
             vector = index.encode([normalized])[0]
         centroid, best = index.components(vector[None, :])
@@ -406,11 +405,6 @@ class Matcher:
         """One query's scores reduced as `tune` reduces every labelled query's."""
         return summarize(scores[None, :], candidates, ~self._is_task, np.array([known_words]))
 
-    def _keyword_is_confident(self, scores: FloatArray, coverage: float, candidates: BoolArray) -> bool:
-        """Whether the keyword path answers alone (`calibration.keyword_is_confident`, as in `tune`)."""
-        summary = self._summary(scores, candidates, coverage >= self.config.keyword_min_coverage)
-        return bool(keyword_is_confident(self.config, summary)[0])
-
     def _high_thresholds(self) -> FloatArray | None:
         """Each profile's own ``high`` threshold (None: the config's one for all)."""
         cfg = self.config
@@ -427,13 +421,13 @@ class Matcher:
         task_scores = scored.scores[task_order].tolist()
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
         known_words = scored.matcher == "semantic" or scored.coverage >= cfg.keyword_min_coverage
-        summary = self._summary(scored.scores, candidates_mask, known_words)
+        summary = scored.summary if scored.summary is not None else self._summary(scored.scores, candidates_mask,
+                                                                                  known_words)
         thresholds = self._high_thresholds()
         gate = None if scored.gate is None else np.array([scored.gate])
         decision = decide(cfg, summary, None, high_thresholds=thresholds, gate=gate)
         out_of_scope, matched = bool(decision.out_of_scope[0]), bool(decision.matched[0])
-        gate_decided = (not matched and gate is not None
-                        and bool(decide(cfg, summary, None, high_thresholds=thresholds).matched[0]))
+        gate_decided = not matched and gate is not None and bool(decision.clears_bar[0])
         tiers = confidence_tiers(task_scores[: max(top_k, 2)], cfg, leader_high=matched)
         candidates = tuple(
             TaskMatchCandidate(self._profiles[i].id, float(s), t)
@@ -572,7 +566,7 @@ def _zeroed(values: FloatArray, positions: tuple[int, ...]) -> FloatArray:
 
 def _ranking(scores: FloatArray) -> npt.NDArray[np.int64]:
     """Total order: score descending, then index (profiles are sorted by id) ascending."""
-    return np.lexsort((np.arange(len(scores)), -scores)).astype(np.int64)
+    return np.argsort(-scores, kind="stable")  # a stable sort keeps ties in index order
 
 
 def resolve_embedder(semantic: SemanticOption, *, cache_dir: Path | None = None,

@@ -47,6 +47,7 @@ _MAX_REPAIRED_WORDS = 32
 _MAX_FUZZY_LOOKUPS = 64
 _MAX_FUZZY_WORD = 40
 _FUZZY_CACHE_SIZE = 8192
+_GRAM_CACHE_SIZE = 65536  # words whose known character n-grams are kept (a few hundred bytes each)
 _CHAR_NGRAMS = (3, 5)
 _CACHE_FORMAT = 1
 # A cache holds at most a few entries per character of profile text (character n-grams of 3 to 5
@@ -165,6 +166,7 @@ class KeywordIndex:
         self._has_phrases = np.bincount(self._phrase_owner, minlength=n) > 0
         self._load(_cached_build(profiles, cache_dir))
         self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
+        self._gram_ids = lru_cache(maxsize=_GRAM_CACHE_SIZE)(self._gram_ids_uncached)
 
     def _load(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
         """Set the index up from its arrays (`_build`'s, or a checked cache's)."""
@@ -224,28 +226,21 @@ class KeywordIndex:
         repaired = " ".join(fixes[tok].corrected if tok in fixes else tok for tok in tokens)
         return repaired, tuple(fixes[tok] for tok in sorted(fixes))
 
-    def _query_vector(self, terms: list[str], vocab: dict[str, int],
-                      idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
-        """Sublinear TF * IDF of the known `terms`, L2-normalised, as (sorted indices, values)."""
-        counts = Counter(terms)
-        ids = np.fromiter(map(vocab.get, counts, itertools.repeat(-1)), dtype=np.int64, count=len(counts))
-        known = np.flatnonzero(ids >= 0)
-        if not len(known):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        order = known[np.argsort(ids[known])]
-        frequencies = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[order]
-        tf = 1.0 + np.fromiter(map(math.log, frequencies.tolist()), dtype=np.float64, count=len(order))
-        idx = ids[order]
-        values = tf * idf[idx]
-        return idx, values / np.linalg.norm(values)
-
     def query_vector(self, normalized: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Sparse word TF-IDF vector (indices, values) of an already repaired query."""
-        return self._query_vector(word_terms(normalized), self._vocab, self._idf)
+        vocab = self._vocab
+        return _unit_tfidf(Counter(i for term in word_terms(normalized) if (i := vocab.get(term)) is not None),
+                           self._idf)
 
     def char_vector(self, normalized: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Sparse character n-gram TF-IDF vector (indices, values) of an already repaired query."""
-        return self._query_vector(char_wb_ngrams(_char_text(normalized)), self._char_vocab, self._char_idf)
+        words = _char_text(normalized).split()
+        return _unit_tfidf(Counter(itertools.chain.from_iterable(map(self._gram_ids, words))), self._char_idf)
+
+    def _gram_ids_uncached(self, word: str) -> tuple[int, ...]:
+        """The vocabulary positions of `word`'s character n-grams that the catalog knows, in order."""
+        vocab = self._char_vocab
+        return tuple(i for gram in _word_ngrams(word) if (i := vocab.get(gram)) is not None)
 
     def score(self, normalized: str) -> KeywordScores:
         """Raw keyword scores in [0, 1] of a normalized query against every profile."""
@@ -354,6 +349,17 @@ class KeywordIndex:
     def repair(self, normalized: str) -> tuple[str, tuple[FuzzyCorrection, ...]]:
         """The query with out-of-vocabulary words repaired, and the corrections made."""
         return self._repair(normalized)
+
+
+def _unit_tfidf(counts: Counter[int], idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """Sublinear TF * IDF of the term `counts` (vocabulary position: count), L2-normalised, as
+    (sorted indices, values); the same formula as scikit-learn's `TfidfTransformer`."""
+    if not counts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    known = sorted(counts.items())
+    idx = np.array([i for i, _ in known], dtype=np.int64)
+    values = np.array([1.0 + math.log(count) for _, count in known]) * idf[idx]
+    return idx, values / math.sqrt(float(values @ values))  # np.linalg.norm's own formula for a vector
 
 
 def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, size: int) -> FloatArray:
