@@ -118,7 +118,8 @@ def _probe_latency(n: int, seed: int) -> dict[str, Any]:
                     encoders[name]([text])
                     times[name].append(1000 * (time.perf_counter() - started))
             out["encode"][kind] = {name: _summary(values) for name, values in times.items()}
-    engines = {"onnx": matcher.Matcher(semantic=onnx), "torch": matcher.Matcher(semantic=torch_embedder)}
+    engines = {"onnx": matcher.Matcher(semantic=onnx), "torch": matcher.Matcher(semantic=torch_embedder),
+               "keyword only": matcher.Matcher(semantic=False)}
     for engine in engines.values():
         engine.warm_up()
     for kind in ("short", "sentences"):
@@ -126,7 +127,8 @@ def _probe_latency(n: int, seed: int) -> dict[str, Any]:
         times = {name: [] for name in engines}
         semantic_times: dict[str, list[float]] = {name: [] for name in engines}
         for position, text in enumerate(texts):
-            for name in (list(engines) if position % 2 == 0 else list(engines)[::-1]):
+            names = list(engines)
+            for name in names[position % len(names):] + names[:position % len(names)]:  # rotate who goes first
                 started = time.perf_counter()
                 result = engines[name].match(text)
                 elapsed = 1000 * (time.perf_counter() - started)
