@@ -12,6 +12,7 @@ rate a short query against a long text far too high, are never used.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -20,7 +21,8 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,7 +51,7 @@ _MAX_FUZZY_WORD = 40
 _FUZZY_CACHE_SIZE = 8192
 _GRAM_CACHE_SIZE = 65536  # words whose known character n-grams are kept (a few hundred bytes each)
 _CHAR_NGRAMS = (3, 5)
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 # A cache holds at most a few entries per character of profile text (character n-grams of 3 to 5
 # letters per letter, word terms per word), 12 bytes each; nothing larger is read.
 _MAX_CACHE_BYTES_PER_CHAR = 256
@@ -75,7 +77,12 @@ def word_terms(text: str) -> list[str]:
 
 def _line_terms(tokens: list[str]) -> list[str]:
     """`word_terms` of one line's tokens."""
-    stems = [stem(tok) for tok in tokens if tok not in STOP_WORDS]
+    return _content_line_terms([tok for tok in tokens if tok not in STOP_WORDS])
+
+
+def _content_line_terms(content: list[str]) -> list[str]:
+    """`word_terms` of one line's content tokens (its stop words already dropped)."""
+    stems = list(map(stem, content))
     return stems + [f"{a} {b}" for a, b in itertools.pairwise(stems)]
 
 
@@ -164,7 +171,8 @@ class KeywordIndex:
         self._phrase_owner = np.asarray(owners, dtype=np.int64)
         self._phrase_starts = np.searchsorted(self._phrase_owner, np.arange(n))
         self._has_phrases = np.bincount(self._phrase_owner, minlength=n) > 0
-        self._load(_cached_build(profiles, cache_dir))
+        with _collector_paused():
+            self._load(_cached_build(profiles, cache_dir))
         self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
         self._gram_ids = lru_cache(maxsize=_GRAM_CACHE_SIZE)(self._gram_ids_uncached)
 
@@ -351,6 +359,20 @@ class KeywordIndex:
         return self._repair(normalized)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the index is built or read: the build makes
+    about a million small lists and strings and no cycles, and the collector's repeated passes over
+    them cost about a third of a 10,000-task build. Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _unit_tfidf(counts: Counter[int], idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
     """Sublinear TF * IDF of the term `counts` (vocabulary position: count), L2-normalised, as
     (sorted indices, values); the same formula as scikit-learn's `TfidfTransformer`."""
@@ -477,21 +499,32 @@ def _char_counts(docs: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[str
     return counts, grams
 
 
-def _keyword_row(pieces: Sequence[tuple[list[str], float]], vocab: dict[str, int],
-                 idf: FloatArray) -> tuple[npt.NDArray[np.int64], FloatArray]:
-    """A profile's keyword vector: each term's largest keyword weight times its IDF, L2-normalised."""
-    weights: dict[int, float] = {}
-    for terms, weight in pieces:
-        for piece in terms:
-            index = vocab.get(piece)
-            if index is not None:
-                weights[index] = max(weights.get(index, 0.0), weight)
-    if not weights:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    idx = np.fromiter(weights, dtype=np.int64)
-    values = np.fromiter(weights.values(), dtype=np.float64) * idf[idx]
-    values /= np.linalg.norm(values)
-    return idx, values
+def _keyword_rows(keywords: Sequence[Sequence[tuple[list[str], float]]], vocab: dict[str, int],
+                  idf: FloatArray) -> Csr:
+    """Each profile's keyword vector, row-major: each term's largest keyword weight times its IDF,
+    L2-normalised with the squares added in term order (`np.add.reduceat`, the same on any CPU)."""
+    columns: list[int] = []
+    raw: list[float] = []
+    lengths: list[int] = []
+    for pieces in keywords:
+        weights: dict[int, float] = {}
+        for terms, weight in pieces:
+            for piece in terms:
+                index = vocab.get(piece)
+                if index is not None and weight > weights.get(index, -math.inf):
+                    weights[index] = weight
+        columns.extend(weights)
+        raw.extend(weights.values())
+        lengths.append(len(weights))
+    indices = np.asarray(columns, dtype=np.int64)
+    values = np.asarray(raw, dtype=np.float64) * idf[indices]
+    sizes = np.asarray(lengths, dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if len(values):
+        filled = sizes > 0
+        norms = np.sqrt(np.add.reduceat(values * values, indptr[:-1][filled]))
+        values /= np.repeat(norms, sizes[filled])
+    return values, indices, indptr
 
 
 @dataclass(frozen=True)
@@ -509,16 +542,19 @@ class _Texts:
     def of(cls, profiles: Sequence[Task]) -> _Texts:
         title, description, keywords, phrases, char_words = [], [], [], [], []
         surface: set[str] = set()
+        def content(text: str) -> list[str]:
+            return [tok for tok in tokenize(normalize(text)) if tok not in STOP_WORDS]
+
         for p in profiles:
-            head = [tokenize(normalize(p.title or "")), tokenize(normalize(p.description or ""))]
-            terms = [tokenize(normalize(term)) for term, _ in p.keywords]
-            lines = [tokenize(normalize(phrase)) for phrase in p.phrases]
-            title.append(_line_terms(head[0]))
-            description.append(_line_terms(head[1]))
-            keywords.append([(_line_terms(tokens), weight) for tokens, (_, weight) in zip(terms, p.keywords,
-                                                                                          strict=True)])
-            phrases.append([_line_terms(tokens) for tokens in lines])
-            words = [tok for tokens in itertools.chain(head, terms, lines) for tok in tokens if tok not in STOP_WORDS]
+            head = [content(p.title or ""), content(p.description or "")]
+            terms = [content(term) for term, _ in p.keywords]
+            lines = [content(phrase) for phrase in p.phrases]
+            title.append(_content_line_terms(head[0]))
+            description.append(_content_line_terms(head[1]))
+            keywords.append([(_content_line_terms(tokens), weight) for tokens, (_, weight) in zip(terms, p.keywords,
+                                                                                                  strict=True)])
+            phrases.append([_content_line_terms(tokens) for tokens in lines])
+            words = list(itertools.chain(*head, *terms, *lines))
             char_words.append(words)  # the words of `_char_text` over all fields, in field order
             surface.update(words)
         return cls(title=title, description=description, keywords=keywords, phrases=phrases, char_words=char_words,
@@ -555,13 +591,7 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
     arrays: dict[str, npt.NDArray[Any]] = {"word_terms": _blob(terms), "word_idf": idf}
     for name, matrix in rows.items():  # (scikit-learn refuses a matrix of no rows: catalogs without phrases)
         arrays.update(_csr(sp.csr_matrix(word.transform(matrix)) if matrix.shape[0] else matrix, name))
-    keyword_rows = [_keyword_row(pieces, vocab, idf) for pieces in texts.keywords]
-    lengths = [len(idx) for idx, _ in keyword_rows]
-    keywords = sp.csr_matrix((np.concatenate([v for _, v in keyword_rows]) if n else np.zeros(0),
-                              (np.repeat(np.arange(n), lengths),
-                               np.concatenate([i for i, _ in keyword_rows]) if n else np.zeros(0, dtype=np.int64))),
-                             shape=(n, len(terms)))
-    arrays.update(_csr(keywords, "keywords"))
+    arrays.update(_csr(sp.csr_matrix(_keyword_rows(texts.keywords, vocab, idf), shape=(n, len(terms))), "keywords"))
 
     char_counts, grams = _char_counts(texts.char_words)
     char = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
@@ -706,7 +736,7 @@ def _check_probes(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task],
             "description": tfidf(texts.description[0], vocab, idf),
             "phrases": tfidf([t for terms_ in texts.phrases[0] for t in terms_], vocab, idf),
         }
-        idx, values = _keyword_row(texts.keywords[0], vocab, idf)
+        values, idx, _ = _keyword_rows(texts.keywords, vocab, idf)
         expected["keywords"] = dict(zip(idx.tolist(), values.tolist(), strict=True))
         rows = {name: (position, expected[name]) for name in _FIELDS}
         for k, phrase in enumerate(texts.phrases[0]):

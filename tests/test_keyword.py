@@ -3,6 +3,7 @@ index cache, and its guarantees."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -23,7 +24,17 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 import matcher
 from matcher import Catalog, FieldWeights
-from matcher.keyword import _ROWS, KeywordIndex, _char_text, _field_texts, char_wb_ngrams, word_terms
+from matcher import keyword as keyword_module
+from matcher.keyword import (
+    _ROWS,
+    KeywordIndex,
+    _char_text,
+    _collector_paused,
+    _field_texts,
+    _keyword_rows,
+    char_wb_ngrams,
+    word_terms,
+)
 from matcher.text import normalize
 from tests.conftest import last_json_line_in_a_closed_folder, run_python_as_an_ordinary_user, small_records
 from tests.test_determinism import WORDS
@@ -382,3 +393,39 @@ def test_a_catalog_without_phrases_builds_caches_and_scores(tmp_path: Path) -> N
         read = cached(tmp_path, records)
     same_scores(built, read)
     assert built.components(normalize("restaurant receipts"))["best_phrase"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_keyword_rows_take_each_terms_largest_weight_and_have_unit_norm() -> None:
+    vocab = {"invoic": 0, "total": 1, "line": 2}
+    idf = np.array([2.0, 1.0, 3.0])
+    pieces = [[(["invoic", "total"], 0.5), (["invoic"], 2.0)], [], [(["line", "unknown"], 1.0)]]
+    values, indices, indptr = _keyword_rows(pieces, vocab, idf)
+    assert indptr.tolist() == [0, 2, 2, 3]
+    assert indices.tolist() == [0, 1, 2]
+    first = np.array([2.0 * 2.0, 0.5 * 1.0])  # invoic keeps its larger weight, 2.0
+    np.testing.assert_allclose(values[:2], first / np.linalg.norm(first), rtol=0, atol=1e-15)
+    assert values[2] == 1.0
+
+
+def test_building_an_index_pauses_the_collector_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    real_build = keyword_module._build
+
+    def watched(profiles: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real_build(profiles)
+
+    monkeypatch.setattr(keyword_module, "_build", watched)
+    KeywordIndex(matcher.default_catalog().profiles(), weights=FieldWeights())
+    assert seen == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError), _collector_paused():
+            raise RuntimeError("boom")
+        assert not gc.isenabled()  # a collector the caller had turned off stays off
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), _collector_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
