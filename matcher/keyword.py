@@ -430,7 +430,9 @@ def _transpose(matrix: Csr, columns: int) -> Csr:
     """The column-major form (term-major, for a profile matrix): rows ascending within each column."""
     data, indices, indptr = matrix
     rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr))
-    order = np.argsort(indices, kind="stable")
+    # A stable sort by column: the keys (column, position) are distinct, so the faster unstable sort
+    # orders them the same way.
+    order = np.argsort((indices.astype(np.int64) << 32) | np.arange(len(indices), dtype=np.int64))
     counts = np.bincount(indices, minlength=columns)
     return data[order], rows[order], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
