@@ -137,6 +137,12 @@ def _probe_latency(n: int, seed: int) -> dict[str, Any]:
                     semantic_times[name].append(elapsed)
         out["match"][kind] = {name: {"all": _summary(times[name]), "semantic": _summary(semantic_times[name])
                                      if semantic_times[name] else None} for name in engines}
+        back_to_back = []  # the keyword-only matcher alone, as a keyword-only caller runs it: no encode between
+        for text in texts:
+            started = time.perf_counter()
+            engines["keyword only"].match(text)
+            back_to_back.append(1000 * (time.perf_counter() - started))
+        out["match"][kind]["keyword only, back to back"] = {"all": _summary(back_to_back), "semantic": None}
     out["torch threads"] = torch.get_num_threads()
     return out
 

@@ -607,7 +607,8 @@ def encoder_section(data: dict[str, Any]) -> str:
                          _ratio(stats["all"]["median"], torch_encode)])
     parts.append("The semantic cascade end to end (`Matcher.match`, default catalog, same queries; every query is "
                  "embedded once, since the request gate reads the embedding), and a keyword-only matcher "
-                 "(`semantic=False`) on the same queries, interleaved with them:")
+                 "(`semantic=False`) on the same queries, interleaved with them (each of its queries follows another "
+                 "engine's encode, which leaves the CPU caches cold) and then back to back:")
     parts.append(_table(["queries", "backend", "median ms", "p99 ms", "median ms on the semantic path (queries)",
                          "median / torch encode median"], rows))
     rows = []
