@@ -644,8 +644,13 @@ def _settle_on_grid(loss: Any, optimum: FloatArray) -> tuple[float, float, float
     low = np.asarray([b[0] for b in _CALIBRATION_BOUNDS])
     high = np.asarray([b[1] for b in _CALIBRATION_BOUNDS])
 
+    seen: dict[tuple[int, ...], float] = {}  # a step's neighbourhood mostly overlaps the last one's
+
     def at(point: IntArray) -> float:
-        return float(loss(np.clip(point * steps, low, high)))
+        key = tuple(int(v) for v in point)
+        if key not in seen:
+            seen[key] = float(loss(np.clip(point * steps, low, high)))
+        return seen[key]
 
     point = np.round(np.clip(optimum, low, high) / steps).astype(np.int64)
     current = at(point)

@@ -337,3 +337,17 @@ def test_tune_starts_from_a_config_with_task_thresholds_without_keeping_them() -
     base = MatcherConfig(task_high_thresholds={"invoice-extraction": 0.9})
     tuned = matcher.tune(matcher.default_catalog(), labelled_rows(), semantic=False, base=base)
     assert tuned.task_high_thresholds == {}  # fitted again from these labels, where none qualifies
+
+
+def test_the_grid_walk_reaches_the_grid_minimum_and_evaluates_each_point_once() -> None:
+    from matcher.tuning import _settle_on_grid
+
+    target = np.array([10.0, 1.0, -0.5])  # on the grid: slope step 0.1, bias and weight steps 0.02
+    calls: list[tuple[float, ...]] = []
+
+    def loss(params: np.ndarray) -> float:
+        calls.append(tuple(np.round(params, 6)))
+        return float(np.sum(((params - target) / np.array([0.1, 0.02, 0.02])) ** 2))
+
+    assert _settle_on_grid(loss, np.array([9.0, 0.8, -0.3])) == (10.0, 1.0, -0.5)
+    assert len(calls) == len(set(calls))  # a neighbourhood shared by consecutive steps is not recomputed
