@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -571,7 +571,7 @@ def _fit_head_weight(keyword_raw: FloatArray, similarity: FloatArray, head: Floa
     for head_weight in (_HEAD_WEIGHTS if head is not None else (0.0,)):
         fused = fuse(keyword_raw, similarity, head, fusion=fusion, head_weight=head_weight)
         params = _fit_calibration(fused, coverage, labels, is_task, weights, start)
-        loss = _calibration_loss(fused, coverage, labels, is_task, weights)(np.asarray(params))
+        loss = _CalibrationLoss(fused, coverage, labels, is_task, weights)(np.asarray(params))
         if chosen is None or loss < lowest - _GRID_TOLERANCE * max(1.0, abs(lowest)):
             chosen, lowest = (head_weight, fused, params), loss
     assert chosen is not None
@@ -604,33 +604,62 @@ def _fit_calibration(raw: FloatArray, coverage: FloatArray, labels: IntArray, is
     """
     from scipy.optimize import minimize
 
-    loss = _calibration_loss(raw, coverage, labels, is_task, weights)
-    result = minimize(loss, np.asarray(start, dtype=np.float64), method="L-BFGS-B",
-                      bounds=_CALIBRATION_BOUNDS)
+    loss = _CalibrationLoss(raw, coverage, labels, is_task, weights)
+    # The exact gradient lets L-BFGS cross the loss's near-flat stretches (where a finite-difference
+    # gradient falls under the tolerance and stops it early), so the grid walk starts next to its end.
+    result = minimize(loss.value_and_gradient, np.asarray(start, dtype=np.float64), method="L-BFGS-B",
+                      jac=True, bounds=_CALIBRATION_BOUNDS, options={"gtol": 1e-10, "ftol": 1e-15})
     if not result.success and not np.isfinite(result.fun):
         return start
     return _settle_on_grid(loss, result.x)
 
 
-def _calibration_loss(raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
-                      weights: FloatArray) -> Callable[[FloatArray], float]:
-    """The weighted mean negative log-likelihood of (slope, null bias, null coverage weight)."""
-    from scipy.special import logsumexp
+class _CalibrationLoss:
+    """The weighted mean negative log-likelihood of (slope, null bias, null coverage weight), and its gradient.
 
-    rows = np.arange(len(raw))
-    outside = labels < 0
+    Each query's log-sum-exp is shifted by its largest logit (the slope is positive, so that is
+    the null logit or the slope times the query's highest raw score) and one exponential of the
+    logits serves both the all-profiles total and the out-of-scope profiles' share.
+    """
 
-    def loss(params: FloatArray) -> float:
+    def __init__(self, raw: FloatArray, coverage: FloatArray, labels: IntArray, is_task: BoolArray,
+                 weights: FloatArray) -> None:
+        if not np.isfinite(raw).all():
+            raise ValueError("calibration needs finite raw scores")
+        self._raw, self._coverage = raw, coverage
+        self._outside = labels < 0
+        self._others = np.flatnonzero(~is_task)
+        self._top = raw.max(axis=1)
+        self._right = raw[np.arange(len(raw)), np.maximum(labels, 0)]
+        self._share = weights / weights.sum()
+
+    def __call__(self, params: FloatArray) -> float:
+        return self._evaluate(params, gradient=False)[0]
+
+    def value_and_gradient(self, params: FloatArray) -> tuple[float, FloatArray]:
+        value, gradient = self._evaluate(params, gradient=True)
+        assert gradient is not None
+        return value, gradient
+
+    def _evaluate(self, params: FloatArray, *, gradient: bool) -> tuple[float, FloatArray | None]:
         slope, bias, weight = (float(v) for v in params)
-        logits = slope * raw
-        null = bias + weight * coverage
-        log_total = logsumexp(np.column_stack([null, logits]), axis=1)
-        masked = np.where(~is_task, logits, -np.inf)
-        log_outside = logsumexp(np.column_stack([null, masked]), axis=1)
-        log_right = np.where(outside, log_outside, logits[rows, np.maximum(labels, 0)])
-        return float(np.sum(weights * (log_total - log_right)) / weights.sum())
-
-    return loss
+        raw, outside = self._raw, self._outside
+        null = bias + weight * self._coverage
+        shift = np.maximum(null, slope * self._top)
+        exp_task = np.exp(slope * raw - shift[:, None])
+        exp_null = np.exp(null - shift)
+        exp_out = exp_task[:, self._others]
+        total = exp_null + exp_task.sum(axis=1)
+        out = exp_null + exp_out.sum(axis=1)
+        log_right = np.where(outside, shift + np.log(out), slope * self._right)
+        value = float(self._share @ (shift + np.log(total) - log_right))
+        if not gradient:
+            return value, None
+        null_share = exp_null / total - np.where(outside, exp_null / out, 0.0)
+        slope_total = (exp_task * raw).sum(axis=1) / total
+        slope_right = np.where(outside, (exp_out * raw[:, self._others]).sum(axis=1) / out, self._right)
+        return value, np.array([self._share @ (slope_total - slope_right), self._share @ null_share,
+                                self._share @ (null_share * self._coverage)])
 
 
 def _settle_on_grid(loss: Any, optimum: FloatArray) -> tuple[float, float, float]:
@@ -772,6 +801,7 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
     unmatched answers scoring in each 0.1-wide band below it are still right at least half of the time.
     """
     best_key: tuple[float, ...] | None = None
+    gate_model, config = config.gate, replace(config, gate=None)  # decided from `gate`; not re-validated per setting
     chosen = config
     fallbacks = (*_THRESHOLDS, 1.0) if semantic is not None else (config.fallback_threshold,)
     grid = list(itertools.product(_THRESHOLDS, _MARGINS))
@@ -802,7 +832,7 @@ def _fit_thresholds(config: MatcherConfig, keyword: _Path, semantic: _Path | Non
         if band.any() and (d.correct & in_scope)[band].mean() < _MEDIUM_PRECISION:
             break
         medium = threshold
-    return replace(chosen, medium_threshold=medium)
+    return replace(chosen, medium_threshold=medium, gate=gate_model)
 
 
 def _task_threshold_rows(target: float, z: float) -> int | None:

@@ -351,3 +351,69 @@ def test_the_grid_walk_reaches_the_grid_minimum_and_evaluates_each_point_once() 
 
     assert _settle_on_grid(loss, np.array([9.0, 0.8, -0.3])) == (10.0, 1.0, -0.5)
     assert len(calls) == len(set(calls))  # a neighbourhood shared by consecutive steps is not recomputed
+
+
+def _calibration_problem(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Raw scores of 400 queries against 20 profiles (18 tasks, then 2 out-of-scope profiles):
+    an in-scope query's task scores near 1, an out-of-scope query has out-of-scope profile 18 near
+    0.9 and some task near it, everything else is near 0. "No match" then barely matters next to
+    profile 18, so the loss is nearly flat along the null bias."""
+    rng = np.random.default_rng(seed)
+    n, profiles = 400, 20
+    rows = np.arange(n)
+    raw = rng.uniform(0.0, 0.05, size=(n, profiles))
+    labels = np.where(rng.uniform(size=n) < 0.3, -1, rng.integers(0, 18, size=n))
+    raw[rows, np.maximum(labels, 0)] = np.where(labels >= 0, rng.uniform(0.85, 1.0, size=n), raw[rows, 0])
+    outside = labels < 0
+    raw[outside, 18] = rng.uniform(0.8, 0.95, size=int(outside.sum()))
+    raw[outside, rng.integers(0, 18, size=n)[outside]] = rng.uniform(0.6, 1.0, size=int(outside.sum()))
+    is_task = np.arange(profiles) < 18
+    return raw, rng.uniform(0.0, 1.0, size=n), labels.astype(np.int64), is_task, rng.uniform(0.5, 2.0, size=n)
+
+
+def test_the_calibration_loss_is_the_softmax_log_likelihood_and_its_gradient_is_exact() -> None:
+    from scipy.special import logsumexp
+
+    from matcher.tuning import _CalibrationLoss
+
+    raw, coverage, labels, is_task, weights = _calibration_problem()
+    loss = _CalibrationLoss(raw, coverage, labels, is_task, weights)
+
+    def reference(params: np.ndarray) -> float:
+        slope, bias, weight = params
+        logits, null = slope * raw, bias + weight * coverage
+        log_total = logsumexp(np.column_stack([null, logits]), axis=1)
+        log_outside = logsumexp(np.column_stack([null, np.where(~is_task, logits, -np.inf)]), axis=1)
+        log_right = np.where(labels < 0, log_outside, logits[np.arange(len(raw)), np.maximum(labels, 0)])
+        return float(np.sum(weights * (log_total - log_right)) / weights.sum())
+
+    for params in (np.array([15.0, 5.0, 0.0]), np.array([40.0, 30.0, -8.0]), np.array([0.5, -50.0, 50.0])):
+        value, gradient = loss.value_and_gradient(params)
+        assert value == pytest.approx(reference(params), rel=1e-12, abs=1e-12)
+        assert loss(params) == value
+        step = 1e-6
+        numeric = [(reference(params + step * unit) - reference(params - step * unit)) / (2 * step)
+                   for unit in np.eye(3)]
+        assert gradient == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+def test_the_calibration_fit_crosses_a_flat_start_and_ends_at_the_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scipy.optimize import minimize
+
+    from matcher import tuning
+
+    raw, coverage, labels, is_task, weights = _calibration_problem()
+    loss = tuning._CalibrationLoss(raw, coverage, labels, is_task, weights)
+    best = minimize(loss.value_and_gradient, np.array([30.0, 25.0, 0.0]), jac=True, method="L-BFGS-B",
+                    bounds=tuning._CALIBRATION_BOUNDS, options={"gtol": 1e-12, "ftol": 1e-16})
+    start = (15.0, 5.0, 0.0)
+    assert abs(loss.value_and_gradient(np.asarray(start))[1][1]) < 1e-3  # nearly flat along the bias
+    assert abs(best.x[1] - start[1]) > 10.0  # and its optimum is hundreds of bias steps (0.02) away
+    evaluations: list[int] = []
+    counted = tuning._CalibrationLoss.__call__
+    monkeypatch.setattr(tuning._CalibrationLoss, "__call__",
+                        lambda self, params: evaluations.append(1) or counted(self, params))
+    fitted = tuning._fit_calibration(raw, coverage, labels, is_task, weights, start)
+    assert loss(np.asarray(fitted)) <= best.fun + 1e-6
+    assert len(evaluations) < 200  # the grid walk starts beside the optimum (it took 2,907 from a
+    # finite-difference L-BFGS, which stopped where the bias gradient fell under its tolerance)
