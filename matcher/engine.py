@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -358,48 +360,65 @@ class Matcher:
         `scope` (all when None); the gate reads it whole."""
         request, negated = split_negated(normalized)
         request_gate = self._request_gate()
-        vector = None
-        if request_gate is not None and request_gate.reads_embeddings:
-            index = self._semantic_index()  # present: _request_gate checked it
-            if index is not None:
-                vector = index.encode([request])[0]  # encoded once: the gate and the semantic path share it
-        gate = None if request_gate is None else request_gate.probability(normalized, vector)
         excluded = ruled_out_profiles(self._keyword_index(), negated)
-        return replace(self._score_request(request, vector, excluded, scope), gate=gate, negated=negated,
-                       normalized=normalized)
+        index = self._semantic_index() if request_gate is not None and request_gate.reads_embeddings else None
+        vector = None
+        if index is None:
+            scored = self._score_request(request, None, excluded, scope)
+        else:  # encoded once, for the gate and the semantic path; a worker thread scores the keywords meanwhile
+            keyword = _worker_pool().submit(self._keyword_path, request, excluded, scope)
+            vector = index.encode([request])[0]  # the encoder releases the GIL while it runs
+            scored = self._semantic_unless_confident(keyword.result(), vector, excluded, scope)
+        gate = None if request_gate is None else request_gate.probability(normalized, vector)
+        return replace(scored, gate=gate, negated=negated, normalized=normalized)
 
     def _score_request(self, normalized: str, vector: npt.NDArray[np.float32] | None = None,
                        excluded: tuple[int, ...] = (), scope: BoolArray | None = None) -> _Scored:
         """Keyword scores, then the semantic backstop unless the keyword path is confident; the
         `excluded` profiles (ruled out by the request) score 0 on every signal, and profiles out of
         `scope` take no part: calibration is a softmax over the profiles in scope alone."""
+        return self._semantic_unless_confident(self._keyword_path(normalized, excluded, scope), vector, excluded,
+                                               scope, normalized)
+
+    def _keyword_path(self, normalized: str, excluded: tuple[int, ...], scope: BoolArray | None) -> _Scored:
+        """The keyword path's calibrated scores and their summary."""
         cfg = self.config
         candidates = self._is_task if scope is None else self._is_task & scope
         keyword = self._keyword_index().score(normalized)
-        if excluded:
-            keyword = replace(keyword, raw=_zeroed(keyword.raw, excluded))
-        kw_scores = calibrate(keyword.raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
+        raw = _zeroed(keyword.raw, excluded) if excluded else keyword.raw
+        kw_scores = calibrate(raw, slope=cfg.keyword_slope, null_bias=cfg.keyword_null_bias,
                               null_coverage=cfg.keyword_null_coverage, coverage=keyword.coverage,
                               decimals=cfg.score_decimals, within=scope)
         summary = self._summary(kw_scores, candidates, keyword.coverage >= cfg.keyword_min_coverage)
-        index = None if keyword_is_confident(cfg, summary)[0] else self._semantic_index()
-        if index is None:  # the keyword path answers: it is confident, or there is no semantic path
-            return _Scored(kw_scores, keyword.raw, None, "keyword", keyword.query_text,
-                           keyword.corrections, keyword.coverage, candidates=candidates, summary=summary)
+        return _Scored(kw_scores, raw, None, "keyword", keyword.query_text, keyword.corrections, keyword.coverage,
+                       candidates=candidates, summary=summary)
+
+    def _semantic_unless_confident(self, keyword: _Scored, vector: npt.NDArray[np.float32] | None,
+                                   excluded: tuple[int, ...], scope: BoolArray | None,
+                                   normalized: str | None = None) -> _Scored:
+        """The keyword path's answer when it is confident (or there is no semantic path), else the
+        semantic path's: `vector` is the request's embedding, encoded from `normalized` when None."""
+        cfg = self.config
+        assert keyword.summary is not None
+        index = None if keyword_is_confident(cfg, keyword.summary)[0] else self._semantic_index()
+        if index is None:
+            return keyword
         if vector is None:
+            assert normalized is not None
             vector = index.encode([normalized])[0]
         centroid, best = index.components(vector[None, :])
         similarity = _zeroed(np.round(index.mix(centroid, best, cfg.semantic_centroid_weight)[0], 6), excluded)
         head = None
         if cfg.semantic_head_weight > 0:
-            probabilities = self.head_probabilities(keyword.query_text, vector)
+            probabilities = self.head_probabilities(keyword.repaired, vector)
             head = None if probabilities is None else _zeroed(probabilities, excluded)
-        fused = fuse(keyword.raw, similarity, head, fusion=cfg.semantic_fusion, head_weight=cfg.semantic_head_weight)
+        fused = fuse(keyword.keyword_raw, similarity, head, fusion=cfg.semantic_fusion,
+                     head_weight=cfg.semantic_head_weight)
         scores = calibrate(fused, slope=cfg.semantic_slope, null_bias=cfg.semantic_null_bias,
                            null_coverage=cfg.semantic_null_coverage, coverage=keyword.coverage,
                            decimals=cfg.score_decimals, within=scope)
-        return _Scored(scores, keyword.raw, similarity, "semantic", keyword.query_text,
-                       keyword.corrections, keyword.coverage, candidates=candidates, head=head)
+        return _Scored(scores, keyword.keyword_raw, similarity, "semantic", keyword.repaired, keyword.corrections,
+                       keyword.coverage, candidates=keyword.candidates, head=head)
 
     def _summary(self, scores: FloatArray, candidates: BoolArray, known_words: bool) -> PathSummary:
         """One query's scores reduced as `tune` reduces every labelled query's."""
@@ -562,6 +581,21 @@ def _zeroed(values: FloatArray, positions: tuple[int, ...]) -> FloatArray:
     copy = values.copy()
     copy[list(positions)] = 0.0
     return copy
+
+
+_WORKER_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_WORKER_POOL_LOCK = threading.Lock()
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    """The threads that score a query's keywords while the calling thread encodes it; one per
+    core, made again in a forked child (its copy of the pool has no threads)."""
+    global _WORKER_POOL
+    with _WORKER_POOL_LOCK:
+        if _WORKER_POOL is None or _WORKER_POOL[0] != os.getpid():
+            _WORKER_POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                                            thread_name_prefix="task-matcher-keyword"))
+        return _WORKER_POOL[1]
 
 
 def _ranking(scores: FloatArray) -> npt.NDArray[np.int64]:

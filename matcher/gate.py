@@ -16,6 +16,7 @@ and `evidence` names the words that weighed most.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -71,8 +72,13 @@ class RequestGate:
             if vector is None or len(vector) != len(self.embedding):
                 raise ValueError(f"this gate reads {len(self.embedding)}-dimensional request embeddings; "
                                  "it needs the semantic backstop")
-            parts.extend(w * float(v) for w, v in zip(self.embedding, vector, strict=True))
+            # numpy's float64 products are Python's, and fsum rounds their exact sum once, whatever the order
+            parts.extend((self._embedding_weights * np.asarray(vector, dtype=np.float64)).tolist())
         return math.fsum(parts)
+
+    @functools.cached_property
+    def _embedding_weights(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.embedding, dtype=np.float64)
 
     def probability(self, normalized: str,
                     vector: Sequence[float] | npt.NDArray[np.float32] | None = None) -> float:

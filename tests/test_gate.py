@@ -68,3 +68,16 @@ def test_probability_is_a_rounded_number_in_the_unit_interval(gate: RequestGate,
     value = gate.probability(normalize(text))
     assert 0.0 <= value <= 1.0
     assert round(value, 4) == value
+
+
+@given(st.lists(st.floats(-1.0, 1.0, width=32), min_size=8, max_size=8),
+       st.lists(st.floats(-5.0, 5.0), min_size=8, max_size=8))
+def test_an_embedding_gate_sums_its_products_exactly(vector: list[float], weights: list[float]) -> None:
+    import math
+
+    import numpy as np
+
+    gate = RequestGate(intercept=0.25, weights={"invoic": 1.5}, embedding=tuple(weights))
+    embedded = np.asarray(vector, dtype=np.float32)
+    exact = math.fsum([0.25, 1.5, *(w * float(v) for w, v in zip(weights, embedded, strict=True))])
+    assert gate.logit("invoices", embedded) == exact
