@@ -364,21 +364,14 @@ class Matcher:
         index = self._semantic_index() if request_gate is not None and request_gate.reads_embeddings else None
         vector = None
         if index is None:
-            scored = self._score_request(request, None, excluded, scope)
+            scored = self._semantic_unless_confident(self._keyword_path(request, excluded, scope), None, excluded,
+                                                     scope, request)
         else:  # encoded once, for the gate and the semantic path; a worker thread scores the keywords meanwhile
             keyword = _worker_pool().submit(self._keyword_path, request, excluded, scope)
             vector = index.encode([request])[0]  # the encoder releases the GIL while it runs
             scored = self._semantic_unless_confident(keyword.result(), vector, excluded, scope)
         gate = None if request_gate is None else request_gate.probability(normalized, vector)
         return replace(scored, gate=gate, negated=negated, normalized=normalized)
-
-    def _score_request(self, normalized: str, vector: npt.NDArray[np.float32] | None = None,
-                       excluded: tuple[int, ...] = (), scope: BoolArray | None = None) -> _Scored:
-        """Keyword scores, then the semantic backstop unless the keyword path is confident; the
-        `excluded` profiles (ruled out by the request) score 0 on every signal, and profiles out of
-        `scope` take no part: calibration is a softmax over the profiles in scope alone."""
-        return self._semantic_unless_confident(self._keyword_path(normalized, excluded, scope), vector, excluded,
-                                               scope, normalized)
 
     def _keyword_path(self, normalized: str, excluded: tuple[int, ...], scope: BoolArray | None) -> _Scored:
         """The keyword path's calibrated scores and their summary."""
@@ -397,7 +390,9 @@ class Matcher:
                                    excluded: tuple[int, ...], scope: BoolArray | None,
                                    normalized: str | None = None) -> _Scored:
         """The keyword path's answer when it is confident (or there is no semantic path), else the
-        semantic path's: `vector` is the request's embedding, encoded from `normalized` when None."""
+        semantic path's: `vector` is the request's embedding, encoded from `normalized` when None.
+        The `excluded` profiles (ruled out by the request) score 0 on every signal, and profiles out
+        of `scope` take no part: calibration is a softmax over the profiles in scope alone."""
         cfg = self.config
         assert keyword.summary is not None
         index = None if keyword_is_confident(cfg, keyword.summary)[0] else self._semantic_index()
