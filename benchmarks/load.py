@@ -8,6 +8,10 @@ the server answers them on (``matcher == "keyword"`` or ``"semantic"``); a respo
 other path, a non-200 status or a transport error counts as an error.
 
 The load generator shares the machine with the server, so the numbers are for the whole box.
+A shared machine's speed drifts by tens of percent within minutes, so every (level, path) is
+measured `--rounds` times, the paths of one level back to back within a round: a row reports the
+median round, and the keyword path's share of the healthz ceiling is the median of the rounds'
+own ratios (each from two measurements seconds apart).
 
     python -m benchmarks.load                 # one worker
     python -m benchmarks.load --workers 2     # two workers behind one port
@@ -53,6 +57,7 @@ class Level:
     errors: int
     seconds: float
     latencies_ms: tuple[float, ...]
+    round: int = 0
 
     @property
     def rate(self) -> float:
@@ -188,20 +193,40 @@ async def _load(url: str, queries: Sequence[str], path: str, concurrency: int, t
 
 
 def measure(server: str, url: str, queries: dict[str, list[str]], paths: Sequence[str],
-            levels: Sequence[int], total: int, time_cap: float) -> list[Level]:
-    """One row per (query path, concurrency level) against the server at `url`."""
-    rows = []
+            levels: Sequence[int], total: int, time_cap: float, *, rounds: int = 1) -> list[Level]:
+    """One row per (round, concurrency level, query path) against the server at `url`; within a
+    round the paths of a level run back to back, so their ratio sees one machine speed."""
+    runnable = []
     for path in paths:
-        if not queries.get(path):
+        if queries.get(path):
+            runnable.append(path)
+        else:
             print(f"  ({server}: no corpus query is answered on the {path} path; skipped)", file=sys.stderr)
-            continue
+    rows = []
+    for round_ in range(rounds):
         for concurrency in levels:
-            sent, errors, elapsed, latencies = asyncio.run(
-                _load(url, queries[path], path, concurrency, total, time_cap))
-            row = Level(server, concurrency, path, sent, errors, elapsed, tuple(latencies))
-            print(f"  {server:<13} c={concurrency:<3} {path:<8} {row.rate:7.1f} req/s", file=sys.stderr)
-            rows.append(row)
+            for path in runnable:
+                sent, errors, elapsed, latencies = asyncio.run(
+                    _load(url, queries[path], path, concurrency, total, time_cap))
+                row = Level(server, concurrency, path, sent, errors, elapsed, tuple(latencies), round_)
+                print(f"  round {round_ + 1}/{rounds} {server:<13} c={concurrency:<3} {path:<8} "
+                      f"{row.rate:7.1f} req/s", file=sys.stderr)
+                rows.append(row)
     return rows
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _groups(rows: Sequence[Level]) -> dict[tuple[str, int, str], list[Level]]:
+    """Rows by (server, concurrency, path), in first-seen order."""
+    grouped: dict[tuple[str, int, str], list[Level]] = {}
+    for row in rows:
+        grouped.setdefault((row.server, row.concurrency, row.path), []).append(row)
+    return grouped
 
 
 def package_versions(names: Sequence[str]) -> list[str]:
@@ -242,23 +267,40 @@ def machine_facts(workers: int, *, client: bool = True) -> str:
 
 
 def render(rows: Sequence[Level]) -> str:
-    """The markdown results table."""
-    lines = ["| server | concurrency | path | requests | errors | requests/s | p50 ms | p99 ms |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row.server} | {row.concurrency} | {row.path} | {row.requests} | {row.errors} | "
-                     f"{row.rate:.1f} | {row.percentile(50):.1f} | {row.percentile(99):.1f} |")
+    """The markdown results table: per (server, level, path) the median round's requests/s and the
+    range over rounds; requests, errors and latency percentiles pooled over the rounds."""
+    lines = ["| server | concurrency | path | rounds | requests | errors | requests/s (median round) | "
+             "range over rounds | p50 ms | p99 ms |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
+    for (server, concurrency, path), group in _groups(rows).items():
+        rates = [row.rate for row in group]
+        pooled = Level(server, concurrency, path, sum(row.requests for row in group),
+                       sum(row.errors for row in group), sum(row.seconds for row in group),
+                       tuple(latency for row in group for latency in row.latencies_ms))
+        lines.append(f"| {server} | {concurrency} | {path} | {len(group)} | {pooled.requests} | {pooled.errors} | "
+                     f"{_median(rates):.1f} | {min(rates):.0f}-{max(rates):.0f} | "
+                     f"{pooled.percentile(50):.1f} | {pooled.percentile(99):.1f} |")
     return "\n".join(lines)
 
 
 def keyword_share_of_ceiling(rows: Sequence[Level]) -> str:
-    """The keyword-only server's keyword path as a share of its healthz ceiling, level by level."""
-    rate = {(row.server, row.concurrency, row.path): row.rate for row in rows}
-    parts = [f"c = {c}: {rate[('keyword-only', c, 'keyword')]:.0f} / {ceiling:.0f} rps = "
-             f"**{rate[('keyword-only', c, 'keyword')] / ceiling:.0%}**"
-             for (server, c, path), ceiling in sorted(rate.items(), key=lambda item: item[0][1])
-             if server == "keyword-only" and path == "healthz" and ceiling > 0
-             and ("keyword-only", c, "keyword") in rate]
+    """The keyword-only server's keyword path as a share of its healthz ceiling, level by level:
+    the median over rounds of each round's keyword rate / healthz rate (measured back to back)."""
+    rate = {(row.server, row.round, row.concurrency, row.path): row.rate for row in rows}
+    parts = []
+    for concurrency in sorted({row.concurrency for row in rows if row.server == "keyword-only"}):
+        pairs = [(rate[("keyword-only", round_, c, "keyword")], ceiling)
+                 for (server, round_, c, path), ceiling in sorted(rate.items())
+                 if server == "keyword-only" and c == concurrency and path == "healthz" and ceiling > 0
+                 and ("keyword-only", round_, c, "keyword") in rate]
+        if not pairs:
+            continue
+        shares = [keyword / ceiling for keyword, ceiling in pairs]
+        if len(pairs) == 1:
+            parts.append(f"c = {concurrency}: {pairs[0][0]:.0f} / {pairs[0][1]:.0f} rps = **{shares[0]:.0%}**")
+        else:
+            rounds = ", ".join(f"{share:.0%}" for share in shares)
+            parts.append(f"c = {concurrency}: **{_median(shares):.0%}** (rounds: {rounds})")
     return "Keyword path as a share of the healthz ceiling, same run: " + "; ".join(parts) if parts else ""
 
 
@@ -271,9 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-cap", type=float, default=20.0,
                         help="seconds per level before stopping early (default 20)")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels (default 1,16,64)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each level is measured, paths back to back within a round (default 3)")
     parser.add_argument("--skip-semantic", action="store_true", help="only the keyword-only server")
     args = parser.parse_args(argv)
     levels = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     queries = corpus_queries()
     facts = machine_facts(args.workers)  # before the load, so the load average is the machine's own
     started = time.perf_counter()
@@ -286,11 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"starting the {label} server ({args.workers} worker(s))...", file=sys.stderr)
             with running_server(semantic, args.workers, Path(cache)) as url:
                 by_path = split_by_path(url, queries)
-                rows.extend(measure(label, url, by_path, paths, levels, args.requests, args.time_cap))
+                rows.extend(measure(label, url, by_path, paths, levels, args.requests, args.time_cap,
+                                     rounds=args.rounds))
     print(f"## task-matcher HTTP load, {args.workers} worker(s)\n")
     print(facts)
-    print(f"- {args.requests} requests per level (capped at {args.time_cap:g} s), "
-          f"up to {_MAX_QUERIES_PER_PATH} distinct corpus queries per path, cycled\n")
+    print(f"- {args.requests} requests per level and round (capped at {args.time_cap:g} s), {args.rounds} rounds "
+          f"(each level's paths back to back), up to {_MAX_QUERIES_PER_PATH} distinct corpus queries per path, "
+          "cycled\n")
     print(render(rows))
     ratio = keyword_share_of_ceiling(rows)
     if ratio:

@@ -476,3 +476,27 @@ def test_the_load_report_states_the_keyword_path_as_a_share_of_the_ceiling() -> 
     assert keyword_share_of_ceiling(rows) == ("Keyword path as a share of the healthz ceiling, same run: "
                                               "c = 1: 500 / 1000 rps = **50%**; c = 16: 800 / 2000 rps = **40%**")
     assert keyword_share_of_ceiling([level("keyword", 16, 1.0)]) == ""
+
+
+def test_the_load_share_is_the_median_of_each_rounds_back_to_back_ratio() -> None:
+    from benchmarks.load import Level, keyword_share_of_ceiling, render
+
+    def level(path: str, seconds: float, round_: int) -> Level:
+        return Level("keyword-only", 16, path, 1000, 0, seconds, (float(round_ + 1),), round_)
+
+    # the machine slows down between rounds: each round's own ratio is 80%, 50% and 90%
+    rows = [level("healthz", 1.0, 0), level("keyword", 1.25, 0), level("healthz", 2.0, 1), level("keyword", 4.0, 1),
+            level("healthz", 0.9, 2), level("keyword", 1.0, 2)]
+    assert keyword_share_of_ceiling(rows) == ("Keyword path as a share of the healthz ceiling, same run: "
+                                              "c = 16: **80%** (rounds: 80%, 50%, 90%)")
+    table = render(rows).splitlines()
+    assert len(table) == 4  # header, rule, one row per (server, level, path)
+    assert table[2] == "| keyword-only | 16 | healthz | 3 | 3000 | 0 | 1000.0 | 500-1111 | 2.0 | 3.0 |"
+    assert table[3] == "| keyword-only | 16 | keyword | 3 | 3000 | 0 | 800.0 | 250-1000 | 2.0 | 3.0 |"
+
+
+def test_the_load_benchmark_refuses_zero_rounds() -> None:
+    from benchmarks import load
+
+    with pytest.raises(SystemExit):
+        load.main(["--rounds", "0"])
