@@ -128,7 +128,7 @@ def batch_thread_count(batch_threads: int | None, threads: int) -> int:
     """Chunks encoded side by side in a many-text encode: `batch_threads`, else as many as the
     usable cores hold at `threads` each (1 when `threads` is 0: the backend already uses them all)."""
     if batch_threads is None:
-        return 1 if threads == 0 else max(1, _usable_cores() // threads)
+        return 1 if threads == 0 else max(1, usable_cores() // threads)
     if isinstance(batch_threads, bool) or not isinstance(batch_threads, int):
         raise TypeError(f"batch_threads must be an int or None, got {type(batch_threads).__name__}")
     if batch_threads < 1:
@@ -136,7 +136,8 @@ def batch_thread_count(batch_threads: int | None, threads: int) -> int:
     return batch_threads
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity on Linux, else the machine's count)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux

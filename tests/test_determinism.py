@@ -125,3 +125,13 @@ def test_fresh_processes_with_different_hash_seeds_agree() -> None:
     assert len(outputs) == 1
     in_process = Matcher(matcher.default_catalog(), semantic=False)
     assert json.loads(outputs.pop()) == [in_process.match(q, 6).to_dict() for q in queries]
+
+
+def test_concurrent_semantic_matches_agree_with_sequential_calls(default_semantic_matcher: Matcher) -> None:
+    # alone, a match scores its keywords on a worker thread during the encode; with every core
+    # busy it scores them on its own thread: the answer must not depend on which
+    queries = [" ".join(random.Random(i).sample(WORDS, 4)) for i in range(40)]
+    expected = [default_semantic_matcher.match(q).to_dict() for q in queries]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda q: default_semantic_matcher.match(q).to_dict(), queries))
+    assert got == expected

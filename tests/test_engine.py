@@ -608,3 +608,19 @@ def test_an_updated_matcher_encodes_only_the_new_texts(tmp_path: Path, default_s
                     cache_dir=tmp_path / "fresh")
     for query in ("please translate the attached letter", "scan restaurant receipts", "vendor bills"):
         assert new.match(query).to_dict() == fresh.match(query).to_dict()
+
+
+def test_an_encode_overlaps_its_keywords_only_while_a_core_is_idle() -> None:
+    from matcher.engine import _encode_slot
+
+    with _encode_slot(2) as first:
+        with _encode_slot(2) as second:
+            assert (first, second) == (True, False)  # two encodes keep both cores busy
+        with _encode_slot(4) as on_four:
+            assert on_four
+    with pytest.raises(RuntimeError), _encode_slot(2):
+        raise RuntimeError("an encode that fails still leaves its slot")
+    with _encode_slot(2) as again:
+        assert again
+    with _encode_slot(1) as single_core:
+        assert not single_core  # one core: the hand-off cannot run in parallel
