@@ -11,6 +11,7 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,16 +176,16 @@ def test_coverage_counts_known_content_words(index: KeywordIndex) -> None:
 
 
 def test_fuzzy_repair_work_is_bounded_per_query(index: KeywordIndex, monkeypatch: pytest.MonkeyPatch) -> None:
-    import matcher.keyword as keyword_module
+    from rapidfuzz import process  # the module `matcher.keyword` looks words up with
 
     calls: list[str] = []
-    real = keyword_module.process.extractOne
+    real = process.extractOne
 
-    def counting(token: str, *args: object, **kwargs: object) -> object:
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(token)
-        return real(token, *args, **kwargs)  # type: ignore[arg-type]
+        return real(token, *args, **kwargs)
 
-    monkeypatch.setattr(keyword_module.process, "extractOne", counting)
+    monkeypatch.setattr(process, "extractOne", counting)
     fresh = KeywordIndex(matcher.default_catalog().profiles(), weights=FieldWeights())
     words = [f"zq{chr(97 + i // 26)}{chr(97 + i % 26)}xv" for i in range(500)]
     fresh.score(normalize(" ".join(words * 3)))
@@ -241,7 +242,8 @@ def _swap_first_terms(arrays: dict[str, Any]) -> None:
     arrays["word_terms"] = np.frombuffer("\n".join(terms).encode(), dtype=np.uint8)
 
 
-FORGERIES = {
+Arrays = dict[str, Any]
+FORGERIES: dict[str, tuple[Callable[[Arrays], None], str]] = {
     "idf scaled": (lambda a: a.update(word_idf=a["word_idf"] * 1.01), "word_idf is not the smoothed IDF"),
     "char idf scaled": (lambda a: a.update(char_idf=a["char_idf"] * 0.99), "char_idf is not the smoothed IDF"),
     "title values reversed": (lambda a: a.update(title_data=np.ascontiguousarray(a["title_data"][::-1])),
