@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,12 +216,6 @@ def measure(server: str, url: str, queries: dict[str, list[str]], paths: Sequenc
     return rows
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def _groups(rows: Sequence[Level]) -> dict[tuple[str, int, str], list[Level]]:
     """Rows by (server, concurrency, path), in first-seen order."""
     grouped: dict[tuple[str, int, str], list[Level]] = {}
@@ -278,7 +273,7 @@ def render(rows: Sequence[Level]) -> str:
                        sum(row.errors for row in group), sum(row.seconds for row in group),
                        tuple(latency for row in group for latency in row.latencies_ms))
         lines.append(f"| {server} | {concurrency} | {path} | {len(group)} | {pooled.requests} | {pooled.errors} | "
-                     f"{_median(rates):.1f} | {min(rates):.0f}-{max(rates):.0f} | "
+                     f"{statistics.median(rates):.1f} | {min(rates):.0f}-{max(rates):.0f} | "
                      f"{pooled.percentile(50):.1f} | {pooled.percentile(99):.1f} |")
     return "\n".join(lines)
 
@@ -300,7 +295,7 @@ def keyword_share_of_ceiling(rows: Sequence[Level]) -> str:
             parts.append(f"c = {concurrency}: {pairs[0][0]:.0f} / {pairs[0][1]:.0f} rps = **{shares[0]:.0%}**")
         else:
             rounds = ", ".join(f"{share:.0%}" for share in shares)
-            parts.append(f"c = {concurrency}: **{_median(shares):.0%}** (rounds: {rounds})")
+            parts.append(f"c = {concurrency}: **{statistics.median(shares):.0%}** (rounds: {rounds})")
     return "Keyword path as a share of the healthz ceiling, same run: " + "; ".join(parts) if parts else ""
 
 

@@ -368,14 +368,10 @@ class Matcher:
             scored = self._semantic_unless_confident(self._keyword_path(request, excluded, scope), None, excluded,
                                                      scope, request)
         else:  # encoded once, for the gate and the semantic path
-            with _encode_slot(usable_cores()) as core_idle:
-                if core_idle:  # a worker thread scores the keywords meanwhile (the encoder releases the GIL)
-                    pending = _worker_pool().submit(self._keyword_path, request, excluded, scope)
-                    vector = index.encode([request])[0]
-                    keyword = pending.result()
-                else:  # every core is busy encoding: a hand-off would cost time and gain no parallelism
-                    vector = index.encode([request])[0]
-                    keyword = self._keyword_path(request, excluded, scope)
+            with _encode_slot(usable_cores()) as core_idle:  # a worker thread scores the keywords meanwhile
+                pending = _worker_pool().submit(self._keyword_path, request, excluded, scope) if core_idle else None
+                vector = index.encode([request])[0]  # the encoder releases the GIL while it runs
+                keyword = self._keyword_path(request, excluded, scope) if pending is None else pending.result()
             scored = self._semantic_unless_confident(keyword, vector, excluded, scope)
         gate = None if request_gate is None else request_gate.probability(normalized, vector)
         return replace(scored, gate=gate, negated=negated, normalized=normalized)
