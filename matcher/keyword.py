@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from collections import Counter
@@ -61,6 +62,8 @@ _MAX_INDEX = np.iinfo(np.int32).max
 _PROBES = 3
 # Average posting-list length above which `_product` copies slices instead of gathering positions.
 _LONG_POSTINGS = 256
+# Word-term keys below this bound are made distinct through a table of every key (4 bytes each).
+_DENSE_KEYS = 1 << 24
 _TOLERANCE = 1e-12
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -82,7 +85,11 @@ def _line_terms(tokens: list[str]) -> list[str]:
 
 def _content_line_terms(content: list[str]) -> list[str]:
     """`word_terms` of one line's content tokens (its stop words already dropped)."""
-    stems = list(map(stem, content))
+    return _stem_line_terms(list(map(stem, content)))
+
+
+def _stem_line_terms(stems: list[str]) -> list[str]:
+    """`word_terms` of one line's content stems: the stems, then each neighbouring pair's bigram."""
     return stems + [f"{a} {b}" for a, b in itertools.pairwise(stems)]
 
 
@@ -161,14 +168,8 @@ class KeywordIndex:
         self._fuzzy_min_length = fuzzy_min_length
         n = len(profiles)
         self._n = n
-        phrase_texts: list[str] = []
-        owners: list[int] = []
-        for position, profile in enumerate(profiles):
-            for phrase in profile.phrases:
-                phrase_texts.append(normalize(phrase))
-                owners.append(position)
-        self._phrase_texts = tuple(phrase_texts)
-        self._phrase_owner = np.asarray(owners, dtype=np.int64)
+        self._phrases = tuple(phrase for profile in profiles for phrase in profile.phrases)  # as written
+        self._phrase_owner = np.repeat(np.arange(n, dtype=np.int64), [len(profile.phrases) for profile in profiles])
         self._phrase_starts = np.searchsorted(self._phrase_owner, np.arange(n))
         self._has_phrases = np.bincount(self._phrase_owner, minlength=n) > 0
         with _collector_paused():
@@ -178,7 +179,7 @@ class KeywordIndex:
 
     def _load(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
         """Set the index up from its arrays (`_build`'s, or a checked cache's)."""
-        n, phrases = self._n, len(self._phrase_texts)
+        n, phrases = self._n, len(self._phrases)
         self._terms = _strings(arrays["word_terms"])
         self._vocab: dict[str, int] = dict(zip(self._terms, range(len(self._terms)), strict=True))
         self._idf: FloatArray = arrays["word_idf"]
@@ -317,7 +318,7 @@ class KeywordIndex:
         best_phrase = None
         if self._has_phrases[position] and len(idx):
             start = int(self._phrase_starts[position])
-            stop = int(self._phrase_starts[position + 1]) if position + 1 < self._n else len(self._phrase_texts)
+            stop = int(self._phrase_starts[position + 1]) if position + 1 < self._n else len(self._phrases)
             query = dict(zip(idx.tolist(), values.tolist(), strict=True))
             block = []
             for phrase in range(start, stop):
@@ -327,7 +328,7 @@ class KeywordIndex:
                         total_score += v * query[i]
                 block.append(total_score)
             if max(block) > 0:
-                best_phrase = self._phrase_texts[start + int(np.argmax(block))]
+                best_phrase = normalize(self._phrases[start + int(np.argmax(block))])
         return tuple(matches), best_phrase
 
     def profile_vectors(self) -> sp.csr_matrix:
@@ -427,8 +428,17 @@ def _vstack(matrices: Sequence[Csr]) -> Csr:
 
 
 def _transpose(matrix: Csr, columns: int) -> Csr:
-    """The column-major form (term-major, for a profile matrix): rows ascending within each column."""
+    """The column-major form (term-major, for a profile matrix): rows ascending within each column.
+
+    After a build, scipy is loaded and its C transpose is used: it moves each value to the same
+    place (a stable counting sort), so the arrays are the same either way (`tests/test_keyword.py`).
+    """
     data, indices, indptr = matrix
+    sparse = sys.modules.get("scipy.sparse")
+    if sparse is not None:
+        column_major = sparse.csr_matrix(matrix, shape=(len(indptr) - 1, columns)).tocsc()
+        return (column_major.data, column_major.indices.astype(np.int32, copy=False),
+                column_major.indptr.astype(np.int64, copy=False))
     rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr))
     # A stable sort by column: the keys (column, position) are distinct, so the faster unstable sort
     # orders them the same way.
@@ -501,26 +511,22 @@ def _char_counts(docs: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[str
     return counts, grams
 
 
-def _keyword_rows(keywords: Sequence[Sequence[tuple[list[str], float]]], vocab: dict[str, int],
+def _keyword_rows(owners: IntArray, columns: IntArray, weights: FloatArray, *, profiles: int,
                   idf: FloatArray) -> Csr:
-    """Each profile's keyword vector, row-major: each term's largest keyword weight times its IDF,
-    L2-normalised with the squares added in term order (`np.add.reduceat`, the same on any CPU)."""
-    columns: list[int] = []
-    raw: list[float] = []
-    lengths: list[int] = []
-    for pieces in keywords:
-        weights: dict[int, float] = {}
-        for terms, weight in pieces:
-            for piece in terms:
-                index = vocab.get(piece)
-                if index is not None and weight > weights.get(index, -math.inf):
-                    weights[index] = weight
-        columns.extend(weights)
-        raw.extend(weights.values())
-        lengths.append(len(weights))
-    indices = np.asarray(columns, dtype=np.int64)
-    values = np.asarray(raw, dtype=np.float64) * idf[indices]
-    sizes = np.asarray(lengths, dtype=np.int64)
+    """Each profile's keyword vector, row-major, from its keyword terms (`owners`, `columns`,
+    `weights`, one entry per term of each keyword, profile by profile): each term's largest keyword
+    weight times its IDF, in the order the terms first appear, L2-normalised with the squares added
+    in that order (`np.add.reduceat`, the same on any CPU)."""
+    size = len(idf)
+    keys = owners * size + columns
+    order = np.lexsort((np.arange(len(keys)), keys))  # by term of each profile, then by appearance
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(keys[order]) != 0])) if len(keys) else order
+    first = order[starts]  # each distinct (profile, term)'s first appearance ...
+    largest = np.maximum.reduceat(weights[order], starts) if len(keys) else weights[:0]  # ... and largest weight
+    appearance = np.argsort(first, kind="stable")  # profiles come in order, so this is by profile, then appearance
+    indices = columns[first][appearance]
+    values = largest[appearance] * idf[indices]
+    sizes = np.bincount(owners[first], minlength=profiles).astype(np.int64)
     indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     if len(values):
         filled = sizes > 0
@@ -531,7 +537,9 @@ def _keyword_rows(keywords: Sequence[Sequence[tuple[list[str], float]]], vocab: 
 
 @dataclass(frozen=True)
 class _Texts:
-    """What the index reads of its profiles, analysed once."""
+    """What the index reads of its profiles, analysed once: each line's content stems (a line's
+    word terms are its stems and their neighbouring pairs, `_stem_line_terms`) and each profile's
+    content words for the character n-grams."""
 
     title: list[list[str]]
     description: list[list[str]]
@@ -551,16 +559,60 @@ class _Texts:
             head = [content(p.title or ""), content(p.description or "")]
             terms = [content(term) for term, _ in p.keywords]
             lines = [content(phrase) for phrase in p.phrases]
-            title.append(_content_line_terms(head[0]))
-            description.append(_content_line_terms(head[1]))
-            keywords.append([(_content_line_terms(tokens), weight) for tokens, (_, weight) in zip(terms, p.keywords,
-                                                                                                  strict=True)])
-            phrases.append([_content_line_terms(tokens) for tokens in lines])
+            title.append(list(map(stem, head[0])))
+            description.append(list(map(stem, head[1])))
+            keywords.append([(list(map(stem, tokens)), weight) for tokens, (_, weight) in zip(terms, p.keywords,
+                                                                                              strict=True)])
+            phrases.append([list(map(stem, tokens)) for tokens in lines])
             words = list(itertools.chain(*head, *terms, *lines))
             char_words.append(words)  # the words of `_char_text` over all fields, in field order
             surface.update(words)
         return cls(title=title, description=description, keywords=keywords, phrases=phrases, char_words=char_words,
                    surface=sorted(tok for tok in surface if tok.isalpha()))
+
+
+def _word_terms_of_lines(lines: Sequence[Sequence[str]]) -> tuple[list[str], IntArray, IntArray]:
+    """The distinct word terms of `lines` (each a list of stems; see `_stem_line_terms`) in sorted
+    order, and every term occurrence's line and column, line by line in `_stem_line_terms` order.
+
+    No bigram string is made but the vocabulary's own: a term is keyed by integers, a stem's rank
+    `r` as ``r * (V + 1)`` and the bigram of ranks `r` and `s` as ``r * (V + 1) + 1 + s``. Since
+    every token character sorts after the space, "a b" sorts right after "a", before any longer
+    word that starts with "a", and after "a c" exactly when "b" does after "c": the keys sort as
+    the term strings do.
+    """
+    stems = sorted(set(itertools.chain.from_iterable(lines)))
+    rank = dict(zip(stems, range(len(stems)), strict=True))
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    ranks = np.fromiter(map(rank.__getitem__, itertools.chain.from_iterable(lines)), dtype=np.int64,
+                        count=int(lengths.sum()))
+    width = len(stems) + 1
+    line_of = np.repeat(np.arange(len(lines), dtype=np.int64), lengths)
+    paired = np.ones(len(ranks), dtype=bool)  # a stem that follows another in its line closes a bigram
+    paired[(np.cumsum(lengths) - lengths)[lengths > 0]] = False
+    second = np.flatnonzero(paired)
+    keys = np.concatenate([ranks * width, ranks[second - 1] * width + 1 + ranks[second]])
+    rows = np.concatenate([line_of, line_of[second]])
+    order = np.argsort(rows, kind="stable")  # each line's stems, then its bigrams
+    distinct, columns = _distinct(keys[order], width * width)
+    first, following = np.divmod(distinct, width)
+    terms = [stems[a] if b == 0 else f"{stems[a]} {stems[b - 1]}" for a, b in zip(first.tolist(), following.tolist(),
+                                                                                   strict=True)]
+    return terms, rows[order], columns
+
+
+def _distinct(keys: IntArray, bound: int) -> tuple[IntArray, IntArray]:
+    """``np.unique(keys, return_inverse=True)`` of keys in ``0..bound - 1``; through a table of
+    every key when `bound` is at most `_DENSE_KEYS`, which skips the sort."""
+    if bound > _DENSE_KEYS:
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        return distinct, inverse.astype(np.int64, copy=False)
+    present = np.zeros(bound, dtype=bool)
+    present[keys] = True
+    distinct = np.flatnonzero(present)
+    position = np.empty(bound, dtype=np.int32)  # vocabularies stay below _MAX_INDEX
+    position[distinct] = np.arange(len(distinct), dtype=np.int32)
+    return distinct, position[keys].astype(np.int64)
 
 
 def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
@@ -572,28 +624,34 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
 
     texts = _Texts.of(profiles)
     n = len(profiles)
-    phrase_rows = [terms_ for per in texts.phrases for terms_ in per]
-    keyword_terms = [[t for terms_, _ in pieces for t in terms_] for pieces in texts.keywords]
-    lines = [*texts.title, *texts.description, *phrase_rows, *keyword_terms]  # every line, counted in one pass
-    terms = sorted(set(itertools.chain.from_iterable(lines)))
+    phrase_rows = [stems for per in texts.phrases for stems in per]
+    pieces = [stems for per in texts.keywords for stems, _ in per]
+    lines = [*texts.title, *texts.description, *phrase_rows, *pieces]  # every line, analysed in one pass
+    terms, line_of, columns = _word_terms_of_lines(lines)
     if not terms:
         raise ValueError("empty vocabulary: the profiles hold no content words")
-    vocab = dict(zip(terms, range(len(terms)), strict=True))
-    counts = _counts(lines, vocab)
-    p = len(phrase_rows)
-    owners = np.repeat(np.arange(n), [len(per) for per in texts.phrases])
-    by_profile = sp.csr_matrix((np.ones(p), (owners, np.arange(p))), shape=(n, p))
+    counts = sp.csr_matrix((np.ones(len(columns)), (line_of, columns)), shape=(len(lines), len(terms)))
+    counts.sum_duplicates()
+    p, k = len(phrase_rows), len(pieces)
+    phrase_owner = np.repeat(np.arange(n), [len(per) for per in texts.phrases])
+    piece_owner = np.repeat(np.arange(n), [len(per) for per in texts.keywords])
     rows = {"title": counts[:n], "description": counts[n:2 * n], "phrase_rows": counts[2 * n:2 * n + p]}
-    rows["phrases"] = sp.csr_matrix(by_profile @ rows["phrase_rows"])  # a profile's phrases are one text
+    rows["phrases"] = sp.csr_matrix(sp.csr_matrix((np.ones(p), (phrase_owner, np.arange(p))), shape=(n, p))
+                                    @ rows["phrase_rows"])  # a profile's phrases are one text
     rows["phrases"].sort_indices()
-    documents = rows["title"] + rows["description"] + rows["phrases"] + counts[2 * n + p:]
+    keyword_counts = sp.csr_matrix((np.ones(k), (piece_owner, np.arange(k))), shape=(n, k)) @ counts[2 * n + p:]
+    documents = rows["title"] + rows["description"] + rows["phrases"] + keyword_counts
     word = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
     word.fit(documents)  # the document frequencies of the profiles' whole texts
     idf = np.asarray(word.idf_, dtype=np.float64)
     arrays: dict[str, npt.NDArray[Any]] = {"word_terms": _blob(terms), "word_idf": idf}
     for name, matrix in rows.items():  # (scikit-learn refuses a matrix of no rows: catalogs without phrases)
         arrays.update(_csr(sp.csr_matrix(word.transform(matrix)) if matrix.shape[0] else matrix, name))
-    arrays.update(_csr(sp.csr_matrix(_keyword_rows(texts.keywords, vocab, idf), shape=(n, len(terms))), "keywords"))
+    in_pieces = line_of >= 2 * n + p
+    piece_weights = np.asarray([weight for per in texts.keywords for _, weight in per], dtype=np.float64)
+    keyword_rows = _keyword_rows(piece_owner[line_of[in_pieces] - (2 * n + p)], columns[in_pieces],
+                                 piece_weights[line_of[in_pieces] - (2 * n + p)], profiles=n, idf=idf)
+    arrays.update(_csr(sp.csr_matrix(keyword_rows, shape=(n, len(terms))), "keywords"))
 
     char_counts, grams = _char_counts(texts.char_words)
     char = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
@@ -733,15 +791,20 @@ def _check_probes(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task],
 
     for position in positions:
         texts = _Texts.of([profiles[position]])
+        phrases = [_stem_line_terms(stems) for stems in texts.phrases[0]]
         expected = {
-            "title": tfidf(texts.title[0], vocab, idf),
-            "description": tfidf(texts.description[0], vocab, idf),
-            "phrases": tfidf([t for terms_ in texts.phrases[0] for t in terms_], vocab, idf),
+            "title": tfidf(_stem_line_terms(texts.title[0]), vocab, idf),
+            "description": tfidf(_stem_line_terms(texts.description[0]), vocab, idf),
+            "phrases": tfidf([t for terms_ in phrases for t in terms_], vocab, idf),
         }
-        values, idx, _ = _keyword_rows(texts.keywords, vocab, idf)
+        pieces = [(vocab[t], weight) for stems, weight in texts.keywords[0] for t in _stem_line_terms(stems)
+                  if t in vocab]
+        values, idx, _ = _keyword_rows(np.zeros(len(pieces), dtype=np.int64),
+                                       np.asarray([c for c, _ in pieces], dtype=np.int64),
+                                       np.asarray([w for _, w in pieces], dtype=np.float64), profiles=1, idf=idf)
         expected["keywords"] = dict(zip(idx.tolist(), values.tolist(), strict=True))
         rows = {name: (position, expected[name]) for name in _FIELDS}
-        for k, phrase in enumerate(texts.phrases[0]):
+        for k, phrase in enumerate(phrases):
             rows[f"phrase {k}"] = (int(phrase_start[position]) + k, tfidf(phrase, vocab, idf))
         for label, (row, want) in rows.items():
             name = "phrase_rows" if label.startswith("phrase ") else label

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import stat
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -31,8 +32,12 @@ from matcher.keyword import (
     KeywordIndex,
     _char_text,
     _collector_paused,
+    _distinct,
     _field_texts,
     _keyword_rows,
+    _stem_line_terms,
+    _transpose,
+    _word_terms_of_lines,
     char_wb_ngrams,
     word_terms,
 )
@@ -368,7 +373,7 @@ def test_a_fresh_process_with_a_warm_cache_answers_without_scikit_learn_or_scipy
 
 def test_the_row_sets_cover_every_matrix_the_index_reads(index: KeywordIndex) -> None:
     assert set(index._rows) == set(_ROWS)
-    assert index._flat_size == 4 * len(index.ids) + len(index._phrase_texts)
+    assert index._flat_size == 4 * len(index.ids) + len(index._phrases)
 
 
 @FAST
@@ -398,15 +403,60 @@ def test_a_catalog_without_phrases_builds_caches_and_scores(tmp_path: Path) -> N
 
 
 def test_keyword_rows_take_each_terms_largest_weight_and_have_unit_norm() -> None:
-    vocab = {"invoic": 0, "total": 1, "line": 2}
     idf = np.array([2.0, 1.0, 3.0])
-    pieces = [[(["invoic", "total"], 0.5), (["invoic"], 2.0)], [], [(["line", "unknown"], 1.0)]]
-    values, indices, indptr = _keyword_rows(pieces, vocab, idf)
+    # profile 0: "invoic total" weight 0.5, then "invoic" weight 2.0; profile 1: none; profile 2: "line" weight 1.0
+    owners, columns, weights = np.array([0, 0, 0, 2]), np.array([0, 1, 0, 2]), np.array([0.5, 0.5, 2.0, 1.0])
+    values, indices, indptr = _keyword_rows(owners, columns, weights, profiles=3, idf=idf)
     assert indptr.tolist() == [0, 2, 2, 3]
     assert indices.tolist() == [0, 1, 2]
     first = np.array([2.0 * 2.0, 0.5 * 1.0])  # invoic keeps its larger weight, 2.0
     np.testing.assert_allclose(values[:2], first / np.linalg.norm(first), rtol=0, atol=1e-15)
     assert values[2] == 1.0
+
+
+def test_keyword_rows_keep_the_order_terms_first_appear_in() -> None:
+    values, indices, indptr = _keyword_rows(np.array([0, 0, 0]), np.array([2, 0, 2]), np.array([1.0, 1.0, 3.0]),
+                                            profiles=1, idf=np.ones(3))
+    assert indptr.tolist() == [0, 2]
+    assert indices.tolist() == [2, 0]  # (`_csr` sorts them when the index is stored)
+    np.testing.assert_allclose(values, np.array([3.0, 1.0]) / np.sqrt(10.0), rtol=0, atol=1e-15)
+
+
+# Stems that are prefixes of one another, with digits and apostrophes, so bigrams interleave with longer words.
+_STEMS = st.sampled_from(["a", "ab", "abc", "b", "b2", "ba", "d'or", "d", "zz", "z", "9", "été", "ete"])
+
+
+@FAST
+@given(lines=st.lists(st.lists(_STEMS, max_size=6), max_size=8))
+def test_word_terms_keyed_by_integers_sort_as_their_strings_do(lines: list[list[str]]) -> None:
+    terms, line_of, columns = _word_terms_of_lines(lines)
+    expected = [_stem_line_terms(stems) for stems in lines]
+    assert terms == sorted({term for line in expected for term in line})
+    assert [terms[c] for c in columns.tolist()] == [term for line in expected for term in line]
+    assert line_of.tolist() == [i for i, line in enumerate(expected) for _ in line]
+
+
+@FAST
+@given(keys=st.lists(st.integers(min_value=0, max_value=999), max_size=50))
+def test_distinct_keys_agree_with_numpy_unique_through_the_table_and_the_sort(keys: list[int]) -> None:
+    array = np.asarray(keys, dtype=np.int64)
+    want, want_inverse = np.unique(array, return_inverse=True)
+    for bound in (1000, keyword_module._DENSE_KEYS + 1):  # the table, then the sort
+        distinct, inverse = _distinct(array, bound)
+        assert distinct.tolist() == want.tolist() and inverse.tolist() == want_inverse.tolist()
+        assert inverse.dtype == np.int64
+
+
+def test_the_transpose_is_the_same_with_and_without_scipy(index: KeywordIndex,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    stacked = keyword_module._vstack([index._rows[name] for name in _ROWS])
+    columns = index.vocabulary_size
+    with_scipy = _transpose(stacked, columns)
+    monkeypatch.delitem(sys.modules, "scipy.sparse")
+    without = _transpose(stacked, columns)
+    for mine, theirs in zip(without, with_scipy, strict=True):
+        assert mine.dtype == theirs.dtype
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def test_building_an_index_pauses_the_collector_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
