@@ -50,6 +50,7 @@ _MAX_REPAIRED_WORDS = 32
 _MAX_FUZZY_LOOKUPS = 64
 _MAX_FUZZY_WORD = 40
 _FUZZY_CACHE_SIZE = 8192
+_PROFILE_TERMS_CACHE_SIZE = 1024  # profiles whose word-term sets `shared_words` keeps (the recent leaders)
 _GRAM_CACHE_SIZE = 65536  # words whose known character n-grams are kept (a few hundred bytes each)
 _CHAR_NGRAMS = (3, 5)
 _CACHE_FORMAT = 2
@@ -67,6 +68,8 @@ _DENSE_KEYS = 1 << 24
 _TOLERANCE = 1e-12
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+# Sublinear term frequency ``1 + log(count)`` of the small counts a query holds (math.log's values).
+_SUBLINEAR_TF = (0.0, *(1.0 + math.log(count) for count in range(1, 64)))
 _log = logging.getLogger(__name__)
 
 
@@ -176,6 +179,7 @@ class KeywordIndex:
             self._load(_cached_build(profiles, cache_dir))
         self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
         self._gram_ids = lru_cache(maxsize=_GRAM_CACHE_SIZE)(self._gram_ids_uncached)
+        self._profile_terms = lru_cache(maxsize=_PROFILE_TERMS_CACHE_SIZE)(self._profile_terms_uncached)
 
     def _load(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
         """Set the index up from its arrays (`_build`'s, or a checked cache's)."""
@@ -345,15 +349,20 @@ class KeywordIndex:
 
     def shared_words(self, repaired: str, position: int) -> tuple[str, ...]:
         """Words of the query whose stem appears in the profile, in query order, once each."""
-        present: set[int] = set()
-        for name in _FIELDS:
-            _, indices, indptr = self._rows[name]
-            present.update(indices[indptr[position]:indptr[position + 1]].tolist())
+        present = self._profile_terms(position)
         words: list[str] = []
         for tok in tokenize(repaired):
             if tok not in STOP_WORDS and self._vocab.get(stem(tok), -1) in present and tok not in words:
                 words.append(tok)
         return tuple(words)
+
+    def _profile_terms_uncached(self, position: int) -> frozenset[int]:
+        """The word terms of the profile at `position`, in any field."""
+        present: set[int] = set()
+        for name in _FIELDS:
+            _, indices, indptr = self._rows[name]
+            present.update(indices[indptr[position]:indptr[position + 1]].tolist())
+        return frozenset(present)
 
     def repair(self, normalized: str) -> tuple[str, tuple[FuzzyCorrection, ...]]:
         """The query with out-of-vocabulary words repaired, and the corrections made."""
@@ -379,9 +388,11 @@ def _unit_tfidf(counts: Counter[int], idf: FloatArray) -> tuple[npt.NDArray[np.i
     (sorted indices, values); the same formula as scikit-learn's `TfidfTransformer`."""
     if not counts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    known = sorted(counts.items())
-    idx = np.array([i for i, _ in known], dtype=np.int64)
-    values = np.array([1.0 + math.log(count) for _, count in known]) * idf[idx]
+    keys = sorted(counts)
+    idx = np.array(keys, dtype=np.int64)
+    tf = np.array([_SUBLINEAR_TF[count] if count < len(_SUBLINEAR_TF) else 1.0 + math.log(count)
+                   for count in map(counts.__getitem__, keys)])
+    values = tf * idf[idx]
     return idx, values / math.sqrt(float(values @ values))  # np.linalg.norm's own formula for a vector
 
 
