@@ -643,14 +643,19 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
         raise ValueError("empty vocabulary: the profiles hold no content words")
     counts = sp.csr_matrix((np.ones(len(columns)), (line_of, columns)), shape=(len(lines), len(terms)))
     counts.sum_duplicates()
-    p, k = len(phrase_rows), len(pieces)
-    phrase_owner = np.repeat(np.arange(n), [len(per) for per in texts.phrases])
+    p = len(phrase_rows)
     piece_owner = np.repeat(np.arange(n), [len(per) for per in texts.keywords])
+
+    def per_profile(line_counts: sp.csr_matrix, owner: npt.NDArray[np.int64]) -> sp.csr_matrix:
+        """The lines' counts summed per owning profile (a profile's phrases are one text, as are its keywords)."""
+        lines_ = len(owner)
+        return sp.csr_matrix(sp.csr_matrix((np.ones(lines_), (owner, np.arange(lines_))), shape=(n, lines_))
+                             @ line_counts)
+
     rows = {"title": counts[:n], "description": counts[n:2 * n], "phrase_rows": counts[2 * n:2 * n + p]}
-    rows["phrases"] = sp.csr_matrix(sp.csr_matrix((np.ones(p), (phrase_owner, np.arange(p))), shape=(n, p))
-                                    @ rows["phrase_rows"])  # a profile's phrases are one text
+    rows["phrases"] = per_profile(rows["phrase_rows"], np.repeat(np.arange(n), [len(per) for per in texts.phrases]))
     rows["phrases"].sort_indices()
-    keyword_counts = sp.csr_matrix((np.ones(k), (piece_owner, np.arange(k))), shape=(n, k)) @ counts[2 * n + p:]
+    keyword_counts = per_profile(counts[2 * n + p:], piece_owner)
     documents = rows["title"] + rows["description"] + rows["phrases"] + keyword_counts
     word = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
     word.fit(documents)  # the document frequencies of the profiles' whole texts
@@ -659,9 +664,9 @@ def _build(profiles: Sequence[Task]) -> dict[str, npt.NDArray[Any]]:
     for name, matrix in rows.items():  # (scikit-learn refuses a matrix of no rows: catalogs without phrases)
         arrays.update(_csr(sp.csr_matrix(word.transform(matrix)) if matrix.shape[0] else matrix, name))
     in_pieces = line_of >= 2 * n + p
+    piece = line_of[in_pieces] - (2 * n + p)  # each keyword term's keyword
     piece_weights = np.asarray([weight for per in texts.keywords for _, weight in per], dtype=np.float64)
-    keyword_rows = _keyword_rows(piece_owner[line_of[in_pieces] - (2 * n + p)], columns[in_pieces],
-                                 piece_weights[line_of[in_pieces] - (2 * n + p)], profiles=n, idf=idf)
+    keyword_rows = _keyword_rows(piece_owner[piece], columns[in_pieces], piece_weights[piece], profiles=n, idf=idf)
     arrays.update(_csr(sp.csr_matrix(keyword_rows, shape=(n, len(terms))), "keywords"))
 
     char_counts, grams = _char_counts(texts.char_words)
