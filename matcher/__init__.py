@@ -18,6 +18,7 @@ from .errors import (
     CatalogWarning,
     ConfigError,
     ConfigWarning,
+    FinetuneError,
     LeaderboardError,
     MatcherError,
     QueryError,
@@ -29,6 +30,7 @@ from .results import CandidateExplanation, TaskMatch, TaskMatchCandidate
 from .semantic import Embedder, SentenceTransformerEmbedder
 
 if TYPE_CHECKING:
+    from .finetune import finetune
     from .tuning import tune
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "ConfigWarning",
     "Embedder",
     "FieldWeights",
+    "FinetuneError",
     "LeaderboardError",
     "Matcher",
     "MatcherConfig",
@@ -71,6 +74,7 @@ __all__ = [
     "amatch",
     "default_catalog",
     "default_config",
+    "finetune",
     "load_catalog",
     "match",
     "tune",
@@ -78,9 +82,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`matcher.tune` is imported on first use: tuning pulls in scipy, which `import matcher` avoids."""
+    """`matcher.tune` and `matcher.finetune` are imported on first use: they pull in scipy and torch,
+    which `import matcher` avoids."""
     if name == "tune":
         from .tuning import tune
 
         return tune
+    if name == "finetune":
+        from .finetune import finetune
+
+        return finetune
     raise AttributeError(f"module 'matcher' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Command line: `task-matcher "QUERY"`, `list`, `show TASK_ID`, `tune`, `serve`, `confusability`, `batch IN OUT`."""
+"""Command line: `task-matcher "QUERY"`, `list`, `show TASK_ID`, `tune`, `finetune`, `serve`, `confusability`,
+`batch IN OUT`."""
 
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ from .config import MatcherConfig
 from .engine import SEMANTIC_CHOICES, SEMANTIC_HELP, Matcher, SemanticOption, default_config, resolve_embedder
 from .errors import MatcherError
 from .results import CandidateExplanation, TaskMatch
-from .semantic import Embedder
 
 __all__ = ["main"]
 
-_COMMANDS = ("match", "list", "show", "tune", "serve", "confusability", "evaluate", "leaderboard", "batch")
+_COMMANDS = ("match", "list", "show", "tune", "finetune", "serve", "confusability", "evaluate", "leaderboard", "batch")
 _TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 _SERVER_MODULES = frozenset({"fastapi", "uvicorn", "anyio", "starlette"})
 _SERVER_EXTRA_MISSING = ("task-matcher serve: error: the HTTP server needs the optional extra: "
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     _threads_option(m)
     _catalog_options(m)
     m.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
+    m.add_argument("--model", type=Path, metavar="DIR",
+                   help="a sentence-transformers model folder, such as `task-matcher finetune` writes "
+                        "(default: the shipped MiniLM)")
     ls = sub.add_parser("list", help="list the catalog's tasks")
     _catalog_options(ls)
     ls.add_argument("--json", action="store_true", help="print the tasks as JSON")
@@ -80,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--labelled-only", action="store_true",
                       help="fit to the labelled queries alone, without the catalog's held-out phrases as a prior")
     _catalog_options(tune)
+    ft = sub.add_parser("finetune", help="fine-tune the embedding model on a catalog's own phrases (CPU)",
+                        description="Contrastive (SetFit-style) fine-tuning of the embedding model on the "
+                                    "catalog's task texts; seeded and reproducible. Load the result with "
+                                    "`task-matcher --model DIR` or `task-matcher serve --model DIR`.")
+    ft.add_argument("catalog_path", type=Path, metavar="CATALOG", help="a catalog file or directory")
+    ft.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write the model into")
+    ft.add_argument("--model", type=Path, metavar="DIR", help="the model to start from (default: the shipped MiniLM)")
+    ft.add_argument("--epochs", type=int, default=4, help="passes over every task text (default 4)")
+    ft.add_argument("--batch-size", type=int, default=32, help="texts per batch, each of another task (default 32)")
+    ft.add_argument("--learning-rate", type=float, default=5e-5, help="AdamW's peak learning rate (default 5e-5)")
+    ft.add_argument("--seed", type=int, default=0, help="seed of every draw and of dropout (default 0)")
+    ft.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch intra-op threads while training (default: the usable cores)")
+    ft.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev = sub.add_parser("evaluate", help="measure the matcher on your labelled queries and write a report",
                         description="Match labelled queries and write per-task precision, recall and F1, confusion "
                                     "pairs, misclassified examples, tiers, a reliability diagram and a threshold "
@@ -186,8 +204,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 def _semantic_option(name: str) -> bool | Literal["auto", "onnx", "torch"]:
     choice = SEMANTIC_CHOICES[name]
-    assert not isinstance(choice, Embedder)
-    return choice
+    assert isinstance(choice, bool) or choice in ("auto", "onnx", "torch")
+    return choice  # type: ignore[return-value]
 
 
 def _share(text: str) -> float | None:
@@ -365,6 +383,8 @@ def _run(args: argparse.Namespace) -> int:
         return _import_leaderboards(args)
     if args.command == "batch":
         return _batch(args)
+    if args.command == "finetune":
+        return _finetune(args)
     if args.command == "tune":
         from .tuning import PRECISION_Z, load_labelled, tune
 
@@ -384,7 +404,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     config = MatcherConfig.load(args.config) if args.config else None
-    matcher = Matcher(_catalog(args), semantic=SEMANTIC_CHOICES[args.semantic], config=config, threads=args.threads)
+    semantic = args.model if args.model is not None else SEMANTIC_CHOICES[args.semantic]
+    matcher = Matcher(_catalog(args), semantic=semantic, config=config, threads=args.threads)
     scope = {"tasks": args.tasks, "categories": args.categories}
     result = matcher.match(args.query, top_k=args.top_k, **scope)
     if args.json:
@@ -396,6 +417,40 @@ def _run(args: argparse.Namespace) -> int:
         print(_render_match(result))
         if args.explain:
             print(_render_explanations(matcher.explain(args.query, args.top_k, **scope)))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                seed=args.seed, threads=args.threads)
+    catalog = load_catalog(args.catalog_path)
+    bar: Any = None
+    if not args.no_progress:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            bar = tqdm(desc="fine-tuning", unit="step", file=sys.stderr)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if bar is not None:
+            bar.total = steps
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(1)
+
+    try:
+        report = finetune(catalog, args.out, model=args.model, settings=settings, overwrite=args.overwrite,
+                          progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"fine-tuned {report.tasks} tasks ({report.texts} texts, {report.steps} steps, {report.threads} threads) "
+          f"in {report.seconds:.1f} s; loss {report.first_epoch_loss:.4f} -> {report.last_epoch_loss:.4f}\n"
+          f"model: {report.out} (load it with `task-matcher --model {report.out}` or "
+          f"`task-matcher serve --model {report.out}`)")
     return 0
 
 

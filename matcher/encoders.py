@@ -130,9 +130,8 @@ class OnnxModel:
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise SemanticUnavailableError(_ONNX_HINT) from exc
-        settings = _sentence_settings(model_dir)
-        self.max_seq_length = int(settings.get("max_seq_length") or 512)
-        self._lower = bool(settings.get("do_lower_case", False))
+        self.max_seq_length = _max_seq_length(model_dir)
+        self._lower = bool(_sentence_settings(model_dir).get("do_lower_case", False))
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         tokenizer.enable_truncation(max_length=self.max_seq_length)
         pad_id = tokenizer.token_to_id("[PAD]")
@@ -290,6 +289,19 @@ def _sentence_settings(model_dir: Path) -> dict[str, Any]:
     return settings
 
 
+def _max_seq_length(model_dir: Path) -> int:
+    """The token limit sentence-transformers truncates at: `sentence_bert_config.json`'s
+    ``max_seq_length`` (older saves), else the tokenizer's ``model_max_length`` (sentence-transformers
+    6 saves), else BERT's 512."""
+    stated = _sentence_settings(model_dir).get("max_seq_length")
+    if not stated:
+        path = model_dir / "tokenizer_config.json"
+        tokenizer = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        limit = tokenizer.get("model_max_length")
+        stated = limit if isinstance(limit, int) and 0 < limit <= 1 << 16 else None
+    return int(stated or 512)
+
+
 def _architecture(model_dir: Path) -> str:
     """``"mean+normalize"`` when the folder is a transformer, mean pooling and a Normalize module; else
     what it is instead (such a model is not exported)."""
@@ -301,6 +313,8 @@ def _architecture(model_dir: Path) -> str:
     except (OSError, ValueError, KeyError, StopIteration) as exc:
         return f"unreadable ({exc.__class__.__name__})"
     modes = sorted(k.removeprefix("pooling_mode_") for k, v in pooling.items() if k.startswith("pooling_mode_") and v)
+    if isinstance(pooling.get("pooling_mode"), str):  # sentence-transformers 6 names the mode itself
+        modes = ["mean_tokens" if pooling["pooling_mode"] == "mean" else pooling["pooling_mode"]]
     if kinds == ["Transformer", "Pooling", "Normalize"] and modes == ["mean_tokens"]:
         return "mean+normalize"
     return f"{'+'.join(kinds)} with pooling {'+'.join(modes) or 'none'}"
@@ -311,7 +325,7 @@ def _expected_manifest(model_dir: Path, base: str) -> dict[str, Any]:
     return {
         "format": _EXPORT_FORMAT, "model": base, "precision": _PRECISION, "opset": OPSET,
         "inputs": list(_INPUTS), "architecture": _architecture(model_dir),
-        "max_seq_length": int(_sentence_settings(model_dir).get("max_seq_length") or 512),
+        "max_seq_length": _max_seq_length(model_dir),
         "min_cosine": VERIFY_MIN_COSINE,
         "probe": hashlib.sha256("\0".join(PROBE_SENTENCES).encode()).hexdigest()[:16],
         "versions": {name: _version(name) for name in _VERSIONED},

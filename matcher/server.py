@@ -173,6 +173,7 @@ RETRY_AFTER_SECONDS = 5
 _SERVER_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
 _ENV_CATALOG = "MATCHER_CATALOG"
 _ENV_CONFIG = "MATCHER_CONFIG"
+_ENV_MODEL = "MATCHER_MODEL"
 _ENV_SEMANTIC = "MATCHER_SEMANTIC"
 _ENV_KEYS = "MATCHER_API_KEYS"
 _ENV_KEYS_FILE = "MATCHER_API_KEYS_FILE"
@@ -905,6 +906,7 @@ class ServerSettings:
     catalog: Path | None = None
     config: Path | None = None
     semantic: str = "auto"
+    model: Path | None = None
     api_keys_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
@@ -920,10 +922,10 @@ class ServerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         """Settings from ``MATCHER_CATALOG``, ``MATCHER_CONFIG``, ``MATCHER_LEADERBOARDS``,
-        ``MATCHER_SEMANTIC``, ``MATCHER_API_KEYS_FILE``, ``MATCHER_ADMIN_KEYS_FILE``,
-        ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY``, the ``MATCHER_*_TIMEOUT`` variables,
-        ``MATCHER_LOG_QUERIES`` (``1`` to log query text), ``MATCHER_HTTP`` (the HTTP protocol) and the
-        generation store, ``MATCHER_GENERATION`` (unset: defaults)."""
+        ``MATCHER_SEMANTIC``, ``MATCHER_MODEL`` (a model folder), ``MATCHER_API_KEYS_FILE``,
+        ``MATCHER_ADMIN_KEYS_FILE``, ``MATCHER_MAX_BODY_BYTES``, ``MATCHER_MAX_CONCURRENCY``, the
+        ``MATCHER_*_TIMEOUT`` variables, ``MATCHER_LOG_QUERIES`` (``1`` to log query text), ``MATCHER_HTTP``
+        (the HTTP protocol) and the generation store, ``MATCHER_GENERATION`` (unset: defaults)."""
         env = os.environ if environ is None else environ
         semantic = env.get(_ENV_SEMANTIC) or "auto"
         if semantic not in SEMANTIC_CHOICES:
@@ -938,6 +940,7 @@ class ServerSettings:
             catalog=_optional_path(env.get(_ENV_CATALOG)),
             config=_optional_path(env.get(_ENV_CONFIG)),
             semantic=semantic,
+            model=_optional_path(env.get(_ENV_MODEL)),
             api_keys_file=_optional_path(env.get(_ENV_KEYS_FILE)),
             max_body_bytes=_positive_int(env, _ENV_MAX_BODY, DEFAULT_MAX_BODY_BYTES),
             max_concurrency=_positive_int(env, _ENV_MAX_CONCURRENCY, DEFAULT_MAX_CONCURRENCY),
@@ -955,7 +958,7 @@ class ServerSettings:
                _ENV_MAX_CONCURRENCY: str(self.max_concurrency), _ENV_LOG_QUERIES: "1" if self.log_queries else "0",
                _ENV_HTTP: self.http,
                **{variable: repr(getattr(self, name)) for name, variable in _ENV_TIMEOUTS.items()}}
-        for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config),
+        for name, value in ((_ENV_CATALOG, self.catalog), (_ENV_CONFIG, self.config), (_ENV_MODEL, self.model),
                             (_ENV_KEYS_FILE, self.api_keys_file), (_ENV_GENERATION, self.generation),
                             (_ENV_LEADERBOARDS, self.leaderboards), (_ENV_ADMIN_KEYS_FILE, self.admin_keys_file)):
             if value is not None:
@@ -983,7 +986,8 @@ class ServerSettings:
                 embedder = shared[0]
                 return Matcher(generation.catalog, semantic=embedder if embedder is not None else False,
                                config=generation.config)
-            first = Matcher(generation.catalog, semantic=SEMANTIC_CHOICES[self.semantic], config=generation.config)
+            semantic = self.model if self.model is not None else SEMANTIC_CHOICES[self.semantic]
+            first = Matcher(generation.catalog, semantic=semantic, config=generation.config)
             shared.append(first.embedder)
             return first
 
@@ -1150,6 +1154,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", type=Path, help="a catalog file or directory (default: bundled)")
     parser.add_argument("--config", type=Path, help="a MatcherConfig JSON file (default: the shipped one)")
     parser.add_argument("--semantic", choices=tuple(SEMANTIC_CHOICES), default="auto", help=SEMANTIC_HELP)
+    parser.add_argument("--model", type=Path, metavar="DIR",
+                        help="a sentence-transformers model folder, such as `task-matcher finetune` writes "
+                             "(default: the shipped MiniLM)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help=f"intra-op threads of the embedding model per request (default: ${THREADS_ENV}, "
                              "else 1; 0: the backend's own default); workers inherit it")
@@ -1235,7 +1242,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         if args.threads is not None:
             thread_count(args.threads)
             os.environ[THREADS_ENV] = str(args.threads)  # read by this process's matcher and the workers'
-        settings = ServerSettings(catalog=args.catalog, config=args.config, semantic=args.semantic,
+        settings = ServerSettings(catalog=args.catalog, config=args.config, semantic=args.semantic, model=args.model,
                                   api_keys_file=args.api_keys_file, max_body_bytes=args.max_body_bytes,
                                   max_concurrency=args.max_concurrency, header_timeout=args.header_timeout,
                                   body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
