@@ -17,7 +17,7 @@ from matcher import metrics as m
 
 from .quality import OURS_FULL, OURS_KEYWORD, OURS_PEER_RULE, DatasetResult, SystemResult
 
-__all__ = ["PUBLISHED", "RunInfo", "encoder_section", "render"]
+__all__ = ["PUBLISHED", "RunInfo", "encoder_section", "finetune_section", "render"]
 
 
 @dataclass(frozen=True)
@@ -654,3 +654,32 @@ def _notes() -> str:
 - **Top-1 / recall@5** ignore acceptance; **in-scope acc.** is Larson et al.'s in-scope accuracy (a rejected
   in-scope query is wrong). Ties in any ranking go to the lower task id.
 """
+
+
+def finetune_section(data: dict[str, Any]) -> str:
+    """The fine-tuning benchmark (`benchmarks/finetune.py`): its time, and our engine with and without it."""
+    settings = data["settings"]
+    columns = ["top-1", "recall@5", "in-scope acc.", "OOS recall", "(acc. + OOS) / 2", "high precision",
+               "high answered right", "high OOS recall"]
+    parts = ["## Fine-tuning the embedder (`python -m benchmarks.finetune`)",
+             "`matcher.finetune` with its default settings (epochs "
+             f"{settings['epochs']}, batch {settings['batch_size']}, learning rate {settings['learning_rate']}, seed "
+             f"{settings['seed']}) on each CLINC150 K-shot catalog's own texts (title with description and the K "
+             "training utterances per intent; no query of any split), on the CPU "
+             f"({data['cpu_count']} cores). Then our full engine with the shipped MiniLM and with the fine-tuned "
+             "one, each tuned on `val.jsonl` and self-calibrated on the catalog alone, on `test.jsonl`; both "
+             "models run on the ONNX backend. *high* columns are the `matched` decision (the 97% point)."]
+    for run in data["runs"]:
+        parts.append(f"### clinc-k{run['k']}: {run['tasks']} tasks, {run['texts']} texts, {run['steps']} steps on "
+                     f"{run['threads']} threads in {run['finetune_minutes']:.1f} minutes (loss "
+                     f"{run['loss'][0]:.3f} in the first epoch, {run['loss'][1]:.3f} in the last)")
+        rows = []
+        for model in ("shipped", "finetuned"):
+            label = "shipped MiniLM" if model == "shipped" else "fine-tuned"
+            for system, values in run[model].items():
+                if isinstance(values, dict):
+                    rows.append([f"{system}, {label}", *(_pct(values[c] / 100) for c in columns)])
+        published = [ref for ref in PUBLISHED if ref.dataset == f"clinc-k{run['k']}"]
+        rows.extend([f"_{ref.name}_", _pct(ref.top1), *("—" for _ in columns[1:])] for ref in published)
+        parts.append(_table(["system", *columns], rows))
+    return "\n\n".join(parts) + "\n"

@@ -416,6 +416,21 @@ def test_encoder_section_prints_ratios_within_the_run() -> None:
     assert "| library default | 1 | 10 | 10.00 | 40.00 | 40.00 | 4.00 | 4.0 |" in text
 
 
+def test_finetune_section_sets_both_models_beside_the_published_rows() -> None:
+    columns = ["top-1", "recall@5", "in-scope acc.", "OOS recall", "(acc. + OOS) / 2", "high precision",
+               "high coverage", "high answered right", "high OOS recall"]
+    shipped = {"backend": "onnx", "ours: full": dict.fromkeys(columns, 89.5)}
+    tuned = {"backend": "onnx", "ours: full": dict.fromkeys(columns, 92.2)}
+    data = {"settings": {"epochs": 4, "batch_size": 32, "learning_rate": 5e-05, "seed": 0}, "cpu_count": 2,
+            "runs": [{"k": 10, "tasks": 150, "texts": 1650, "steps": 220, "threads": 2, "finetune_minutes": 3.7,
+                      "loss": [0.4, 0.1], "shipped": shipped, "finetuned": tuned}]}
+    text = report.finetune_section(data)
+    assert "### clinc-k10: 150 tasks, 1650 texts, 220 steps on 2 threads in 3.7 minutes" in text
+    assert "| ours: full, shipped MiniLM | 89.5 | 89.5 | 89.5 |" in text
+    assert "| ours: full, fine-tuned | 92.2 |" in text
+    assert "| _published: CPFT, 10-shot (closed set)_ | 94.2 | — |" in text
+
+
 def test_reload_section_counts_errors_and_splits_latency_by_reload_window() -> None:
     from benchmarks import reload
 

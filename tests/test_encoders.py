@@ -167,7 +167,7 @@ def test_matcher_backends_are_chosen_by_name(exported_cache: Path) -> None:
     assert isinstance(select_embedder("torch"), SentenceTransformerEmbedder)
     with pytest.raises(ValueError, match="backend must be one of auto, onnx, torch"):
         select_embedder("tensorflow")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="'onnx', 'torch', a model folder .* or an Embedder"):
+    with pytest.raises(TypeError, match=r"'onnx', 'torch', a model folder .* or an Embedder"):
         Matcher(semantic="gpu")  # type: ignore[arg-type]
 
 

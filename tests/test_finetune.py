@@ -105,8 +105,10 @@ def test_the_cli_fine_tunes_and_matches_with_the_model(tmp_path: Path, capsys: p
     catalog_file.write_text("".join(json.dumps(r) + "\n" for r in small_records()), encoding="utf-8")
     out = tmp_path / "model"
     assert main(["finetune", str(catalog_file), "--out", str(out), "--epochs", "1", "--batch-size", "4",
-                 "--threads", "1", "--no-progress"]) == 0
-    assert "fine-tuned 3 tasks" in capsys.readouterr().out
+                 "--threads", "1"]) == 0
+    shown = capsys.readouterr()
+    assert "fine-tuned 3 tasks" in shown.out
+    assert "fine-tuning: 100%" in shown.err  # the progress bar reached its last step
     assert main(["finetune", str(catalog_file), "--out", str(out), "--epochs", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["--catalog", str(catalog_file), "--model", str(out), "--json",
