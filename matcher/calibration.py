@@ -73,15 +73,24 @@ def summarize(scores: FloatArray, tasks: BoolArray, unsupported: BoolArray, know
     out-of-scope profiles; tasks rank by (score descending, position ascending)."""
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     masked = np.where(tasks, scores, -1.0)
-    order = np.argsort(-masked, axis=1, kind="stable")  # a stable sort keeps ties in position order
     rows = np.arange(len(scores))
-    first = order[:, 0].astype(np.int64)
-    runner = masked[rows, order[:, 1]] if scores.shape[1] > 1 else np.zeros(len(scores))
+    first = masked.argmax(axis=1).astype(np.int64)  # argmax takes the first of tied maxima: the lowest position
+    top = masked[rows, first]
+    if scores.shape[1] > 1:  # the runner-up: the best score once the leader's position is set aside
+        masked[rows, first] = -np.inf
+        runner = masked.max(axis=1)
+    else:
+        runner = np.zeros(len(scores))
     best_unsupported = (np.where(unsupported, scores, -1.0).max(axis=1) if np.any(unsupported)
                         else np.full(len(scores), -1.0))
-    return PathSummary(first=first, top=masked[rows, first], second=np.maximum(runner, 0.0),
+    return PathSummary(first=first, top=top, second=np.maximum(runner, 0.0),
                        unsupported=best_unsupported,
-                       known_words=np.broadcast_to(np.asarray(known_words, dtype=bool), (len(scores),)))
+                       known_words=_per_query(np.asarray(known_words, dtype=bool), len(scores)))
+
+
+def _per_query(values: BoolArray, queries: int) -> BoolArray:
+    """One value per query: `values` as given when it already has one, else broadcast."""
+    return values if values.shape == (queries,) else np.broadcast_to(values, (queries,))
 
 
 def clears_high(top: float | FloatArray, second: float | FloatArray, threshold: float | FloatArray, *, margin: float,
@@ -118,11 +127,12 @@ def decide(config: MatcherConfig, keyword: PathSummary, semantic: PathSummary | 
     profile ahead, known words, the ``high`` bar at the leading task's threshold (`high_thresholds`,
     one per profile; default the config's) and, with `gate` (each query's request-gate probability),
     a request."""
-    use_keyword = keyword_is_confident(config, keyword)
     if semantic is None:
-        use_keyword, semantic = np.ones_like(use_keyword), keyword
-    path = PathSummary(*(np.where(use_keyword, getattr(keyword, name), getattr(semantic, name))
-                         for name in ("first", "top", "second", "unsupported", "known_words")))
+        use_keyword, path = np.ones(len(keyword.top), dtype=bool), keyword
+    else:
+        use_keyword = keyword_is_confident(config, keyword)
+        path = PathSummary(*(np.where(use_keyword, getattr(keyword, name), getattr(semantic, name))
+                             for name in ("first", "top", "second", "unsupported", "known_words")))
     out_of_scope = (path.unsupported >= config.medium_threshold) & (path.unsupported > path.top)
     threshold = config.high_threshold if high_thresholds is None else np.asarray(high_thresholds)[path.first]
     clears_bar = ~out_of_scope & path.known_words & clears_high(

@@ -139,6 +139,7 @@ class Matcher:
             self._config = shipped if _tuned_for(shipped, catalog) and not own_model else None
         self._profiles = catalog.profiles()
         self._is_task = np.array([p.kind == "task" for p in self._profiles])
+        self._is_unsupported = ~self._is_task
         self._gate: RequestGate | None = None
         self._keyword: KeywordIndex | None = None
         self._semantic: SemanticIndex | None = None
@@ -403,7 +404,9 @@ class Matcher:
         of `scope` take no part: calibration is a softmax over the profiles in scope alone."""
         cfg = self.config
         assert keyword.summary is not None
-        index = None if keyword_is_confident(cfg, keyword.summary)[0] else self._semantic_index()
+        if self._embedder is None or keyword_is_confident(cfg, keyword.summary)[0]:
+            return keyword
+        index = self._semantic_index()
         if index is None:
             return keyword
         if vector is None:
@@ -425,7 +428,7 @@ class Matcher:
 
     def _summary(self, scores: FloatArray, candidates: BoolArray, known_words: bool) -> PathSummary:
         """One query's scores reduced as `tune` reduces every labelled query's."""
-        return summarize(scores[None, :], candidates, ~self._is_task, np.array([known_words]))
+        return summarize(scores[None, :], candidates, self._is_unsupported, np.array([known_words]))
 
     def _high_thresholds(self) -> FloatArray | None:
         """Each profile's own ``high`` threshold (None: the config's one for all)."""
@@ -439,7 +442,7 @@ class Matcher:
         order = _ranking(scored.scores)
         candidates_mask = self._is_task if scored.candidates is None else scored.candidates
         task_order = order[candidates_mask[order]]
-        unsupported = order[~self._is_task[order]]
+        unsupported = order[self._is_unsupported[order]]
         task_scores = scored.scores[task_order].tolist()
         best_unsupported = float(scored.scores[unsupported[0]]) if len(unsupported) else 0.0
         known_words = scored.matcher == "semantic" or scored.coverage >= cfg.keyword_min_coverage

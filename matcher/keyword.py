@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +69,7 @@ _TOLERANCE = 1e-12
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 # Sublinear term frequency ``1 + log(count)`` of the small counts a query holds (math.log's values).
-_SUBLINEAR_TF = (0.0, *(1.0 + math.log(count) for count in range(1, 64)))
+_SUBLINEAR_TF = np.array([0.0, *(1.0 + math.log(count) for count in range(1, 64))])
 _log = logging.getLogger(__name__)
 
 
@@ -123,11 +123,24 @@ SIGNALS = (*_FIELDS, "best_phrase", "char_ngrams")
 
 
 def combine(components: dict[str, FloatArray], weights: FieldWeights) -> FloatArray:
-    """Weighted mean of the signals: the raw keyword score, in [0, 1]."""
+    """Weighted mean of the signals: the raw keyword score, in [0, 1].
+
+    The weighted signals are added one by one in `SIGNALS` order into one array, the same sums in
+    the same order as ``sum(w * signal for ...)``, without a temporary array per addition.
+    """
+    factors, total = _signal_weights(weights)
+    raw = np.multiply(factors[0], components[SIGNALS[0]], dtype=np.float64)
+    for factor, name in zip(factors[1:], SIGNALS[1:], strict=True):
+        raw += factor * components[name]
+    raw /= total
+    return np.clip(raw, 0.0, 1.0, out=raw)
+
+
+@lru_cache(maxsize=64)
+def _signal_weights(weights: FieldWeights) -> tuple[tuple[float, ...], float]:
+    """Each signal's weight in `SIGNALS` order, and the weights' total."""
     w = weights.as_dict()
-    total = sum(w.values())
-    raw = sum(w[name] * components[name] for name in SIGNALS) / total
-    return np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
+    return tuple(w[name] for name in SIGNALS), sum(w.values())
 
 
 def _char_text(text: str) -> str:
@@ -141,6 +154,20 @@ def _field_texts(task: Task) -> dict[str, str]:
         "keywords": "\n".join(normalize(term) for term, _ in task.keywords),
         "phrases": "\n".join(normalize(p) for p in task.phrases),
     }
+
+
+class _QueryWords(NamedTuple):
+    """A query's content tokens (stop words dropped), in order, and their stems: what the word
+    terms, the character n-grams (``char_wb`` reads the same words `_char_text` keeps) and the
+    coverage read."""
+
+    content: list[str]
+    stems: list[str]
+
+
+def _query_words(text: str) -> _QueryWords:
+    content = [tok for tok in tokenize(text) if tok not in STOP_WORDS]
+    return _QueryWords(content, list(map(stem, content)))
 
 
 @dataclass(frozen=True)
@@ -241,14 +268,20 @@ class KeywordIndex:
 
     def query_vector(self, normalized: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Sparse word TF-IDF vector (indices, values) of an already repaired query."""
+        return self._word_vector(normalized, _query_words(normalized))
+
+    def _word_vector(self, normalized: str, words: _QueryWords) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        terms = word_terms(normalized) if "\n" in normalized else _stem_line_terms(words.stems)
         vocab = self._vocab
-        return _unit_tfidf(Counter(i for term in word_terms(normalized) if (i := vocab.get(term)) is not None),
-                           self._idf)
+        return _unit_tfidf(Counter(i for term in terms if (i := vocab.get(term)) is not None), self._idf)
 
     def char_vector(self, normalized: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """Sparse character n-gram TF-IDF vector (indices, values) of an already repaired query."""
-        words = _char_text(normalized).split()
-        return _unit_tfidf(Counter(itertools.chain.from_iterable(map(self._gram_ids, words))), self._char_idf)
+        return self._char_vector(_query_words(normalized))
+
+    def _char_vector(self, words: _QueryWords) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        return _unit_tfidf(Counter(itertools.chain.from_iterable(map(self._gram_ids, words.content))),
+                           self._char_idf)
 
     def _gram_ids_uncached(self, word: str) -> tuple[int, ...]:
         """The vocabulary positions of `word`'s character n-grams that the catalog knows, in order."""
@@ -258,8 +291,9 @@ class KeywordIndex:
     def score(self, normalized: str) -> KeywordScores:
         """Raw keyword scores in [0, 1] of a normalized query against every profile."""
         repaired, corrections = self._repair(normalized)
-        return KeywordScores(combine(self._components(repaired), self._weights), corrections, repaired,
-                             self.coverage(repaired))
+        words = _query_words(repaired)  # tokenized and stemmed once for every signal
+        return KeywordScores(combine(self._components(repaired, words), self._weights), corrections, repaired,
+                             self._coverage(words))
 
     def coverage(self, repaired: str) -> float:
         """Share of the query's content words that the catalog vocabulary knows (0 when none).
@@ -267,18 +301,22 @@ class KeywordIndex:
         A query such as "foo bar baz" whose only known word is "bar" may score high against a
         profile that uses that word; its low coverage lets calibration lower its confidence.
         """
-        stems = [stem(tok) for tok in tokenize(repaired) if tok not in STOP_WORDS]
-        if not stems:
+        return self._coverage(_query_words(repaired))
+
+    def _coverage(self, words: _QueryWords) -> float:
+        if not words.stems:
             return 0.0
-        return round(sum(s in self._vocab for s in stems) / len(stems), 4)
+        vocab = self._vocab
+        return round(sum(s in vocab for s in words.stems) / len(words.stems), 4)
 
     def components(self, normalized: str) -> dict[str, FloatArray]:
         """Each signal's similarity (title, description, ... char_ngrams) to every profile."""
         return self._components(self._repair(normalized)[0])
 
-    def _components(self, repaired: str) -> dict[str, FloatArray]:
+    def _components(self, repaired: str, words: _QueryWords | None = None) -> dict[str, FloatArray]:
         n = self._n
-        idx, values = self.query_vector(repaired)
+        words = _query_words(repaired) if words is None else words
+        idx, values = self._word_vector(repaired, words)
         flat = _product(self._word_t, idx, values, self._flat_size)
         parts = {name: flat[i * n:(i + 1) * n] for i, name in enumerate(_FIELDS)}
         phrase_scores = flat[4 * n:]
@@ -287,7 +325,7 @@ class KeywordIndex:
             starts = self._phrase_starts[self._has_phrases]
             best[self._has_phrases] = np.maximum.reduceat(phrase_scores, starts)
         parts["best_phrase"] = best
-        cidx, cvalues = self.char_vector(repaired)
+        cidx, cvalues = self._char_vector(words)
         parts["char_ngrams"] = _product(self._char_t, cidx, cvalues, n)
         return parts
 
@@ -389,9 +427,12 @@ def _unit_tfidf(counts: Counter[int], idf: FloatArray) -> tuple[npt.NDArray[np.i
     if not counts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     keys = sorted(counts)
-    idx = np.array(keys, dtype=np.int64)
-    tf = np.array([_SUBLINEAR_TF[count] if count < len(_SUBLINEAR_TF) else 1.0 + math.log(count)
-                   for count in map(counts.__getitem__, keys)])
+    idx = np.fromiter(keys, dtype=np.int64, count=len(keys))
+    frequencies = np.fromiter(map(counts.__getitem__, keys), dtype=np.int64, count=len(keys))
+    if frequencies.max() < len(_SUBLINEAR_TF):
+        tf = _SUBLINEAR_TF[frequencies]
+    else:
+        tf = np.array([1.0 + math.log(count) for count in frequencies.tolist()])
     values = tf * idf[idx]
     return idx, values / math.sqrt(float(values @ values))  # np.linalg.norm's own formula for a vector
 
@@ -408,7 +449,8 @@ def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, si
         return np.zeros(size)
     starts = indptr[idx]
     lengths = indptr[idx + 1] - starts
-    total = int(lengths.sum())
+    ends = np.cumsum(lengths)  # where each term's postings end among the gathered ones
+    total = int(ends[-1])
     if not total:
         return np.zeros(size)
     if total > _LONG_POSTINGS * len(idx):
@@ -416,7 +458,7 @@ def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, si
         gathered = np.concatenate([data[a:b] for a, b in bounds])
         columns = np.concatenate([indices[a:b] for a, b in bounds])
     else:
-        positions = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        positions = np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
         gathered, columns = data[positions], indices[positions]
     products = gathered * np.repeat(values, lengths)
     return np.bincount(columns, weights=products, minlength=size).astype(np.float64, copy=False)

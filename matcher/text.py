@@ -138,6 +138,7 @@ _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
 _REPEATED_PUNCTUATION = re.compile(r"([,.;:!?])(?:\s*[,.;:!?])+")
 
 
+@lru_cache(maxsize=256)  # the engine and the request gate both read each query's split
 def split_negated(normalized: str) -> tuple[str, tuple[str, ...]]:
     """The request with negated or contrasted mentions removed, and those mentions.
 

@@ -118,6 +118,20 @@ def test_one_row_decides_as_it_does_within_a_batch(scores: list[float], known: b
         assert int(alone.path.first[0]) == int(batch.path.first[row])
 
 
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.5, 0.5001, 0.9]), min_size=6, max_size=6), min_size=1,
+                max_size=5), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_the_summary_ranks_tasks_by_score_then_position(rows: list[list[float]], is_task: list[bool]) -> None:
+    scores, tasks = np.array(rows), np.array(is_task)
+    summary = summarize(scores, tasks, ~tasks, np.ones(len(rows), dtype=bool))
+    for row, values in enumerate(rows):
+        ranked = sorted(range(6), key=lambda i: (-(values[i] if is_task[i] else -1.0), i))  # the total order
+        masked = [values[i] if is_task[i] else -1.0 for i in ranked]
+        assert int(summary.first[row]) == ranked[0] and float(summary.top[row]) == masked[0]
+        assert float(summary.second[row]) == max(masked[1], 0.0)
+        outside = [values[i] for i in range(6) if not is_task[i]]
+        assert float(summary.unsupported[row]) == (max(outside) if outside else -1.0)
+
+
 def test_tiers_follow_the_decision() -> None:
     assert confidence_tiers([0.9, 0.5], CONFIG, leader_high=True) == ["high", "medium"]
     assert confidence_tiers([0.9, 0.1], CONFIG, leader_high=False) == ["medium", "low"]

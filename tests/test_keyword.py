@@ -29,6 +29,7 @@ from matcher import Catalog, FieldWeights
 from matcher import keyword as keyword_module
 from matcher.keyword import (
     _ROWS,
+    SIGNALS,
     KeywordIndex,
     _char_text,
     _collector_paused,
@@ -39,6 +40,7 @@ from matcher.keyword import (
     _transpose,
     _word_terms_of_lines,
     char_wb_ngrams,
+    combine,
     word_terms,
 )
 from matcher.text import normalize
@@ -49,7 +51,8 @@ FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 QUERIES = ["pull line items and totals out of vendor invoices", "invoice invoice invoice receipts",
            "translate emails", "zzz", "Résumé parsing — naïve café, 'quoted' it's don't", "a b c",
            "transcribe customer support calls and summarise each one in two lines",
-           "invoce recipts", "x" * 300, "line items\ntotal due", "   ", "日本語のテキストを分類する"]
+           "invoce recipts", "x" * 300, "line items\ntotal due", "   ", "日本語のテキストを分類する",
+           "invoice " * 70 + "totals"]  # a term counted 64 times or more leaves the sublinear-TF table
 texts = st.one_of(st.text(max_size=200), st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join))
 
 
@@ -137,6 +140,20 @@ def test_scores_equal_scipys_sparse_products_to_the_last_bit(index: KeywordIndex
     cidx, cvalues = index.char_vector(repaired)
     expected = (reference.char_matrix.T.tocsr()[cidx].T @ cvalues) if len(cidx) else np.zeros(n)
     np.testing.assert_array_equal(parts["char_ngrams"], expected)
+
+
+@FAST
+@given(components=st.lists(st.lists(st.floats(min_value=0, max_value=1), min_size=3, max_size=3),
+                           min_size=len(SIGNALS), max_size=len(SIGNALS)),
+       weights=st.lists(st.floats(min_value=0, max_value=8), min_size=len(SIGNALS), max_size=len(SIGNALS))
+       .filter(lambda w: sum(w) > 0))
+def test_combine_adds_the_weighted_signals_in_order_to_the_last_bit(components: list[list[float]],
+                                                                   weights: list[float]) -> None:
+    signals = {name: np.array(values) for name, values in zip(SIGNALS, components, strict=True)}
+    field_weights = FieldWeights(**dict(zip(SIGNALS, weights, strict=True)))
+    w = field_weights.as_dict()
+    expected = np.clip(sum(w[name] * signals[name] for name in SIGNALS) / sum(w.values()), 0.0, 1.0)
+    np.testing.assert_array_equal(combine(signals, field_weights), expected)
 
 
 def test_idf_is_smoothed_and_positive_even_for_common_terms(index: KeywordIndex) -> None:
