@@ -46,7 +46,7 @@ def calibrate(raw: npt.NDArray[np.float64], *, slope: float, null_bias: float, d
     peak = np.maximum(values.max(axis=-1, keepdims=True), null)
     weights = np.exp(values - peak)
     total = weights.sum(axis=-1, keepdims=True) + np.exp(null - peak)
-    probabilities: npt.NDArray[np.float64] = np.round(weights / total, decimals)
+    probabilities: npt.NDArray[np.float64] = (weights / total).round(decimals)
     return probabilities
 
 
@@ -81,7 +81,7 @@ def summarize(scores: FloatArray, tasks: BoolArray, unsupported: BoolArray, know
         runner = masked.max(axis=1)
     else:
         runner = np.zeros(len(scores))
-    best_unsupported = (np.where(unsupported, scores, -1.0).max(axis=1) if np.any(unsupported)
+    best_unsupported = (np.where(unsupported, scores, -1.0).max(axis=1) if np.asarray(unsupported).any()
                         else np.full(len(scores), -1.0))
     return PathSummary(first=first, top=top, second=np.maximum(runner, 0.0),
                        unsupported=best_unsupported,
@@ -97,7 +97,7 @@ def clears_high(top: float | FloatArray, second: float | FloatArray, threshold: 
                 decimals: int) -> BoolArray:
     """The ``high`` bar: `top` reaches `threshold` and leads `second` by `margin`, the lead rounded to
     the scores' `decimals` so that float noise in a subtraction never decides."""
-    lead = np.round(np.asarray(top) - np.asarray(second), decimals)
+    lead = (np.asarray(top) - np.asarray(second)).round(decimals)
     return np.asarray((np.asarray(top) >= threshold) & (lead >= margin))
 
 

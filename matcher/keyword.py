@@ -449,7 +449,7 @@ def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, si
         return np.zeros(size)
     starts = indptr[idx]
     lengths = indptr[idx + 1] - starts
-    ends = np.cumsum(lengths)  # where each term's postings end among the gathered ones
+    ends = lengths.cumsum()  # where each term's postings end among the gathered ones
     total = int(ends[-1])
     if not total:
         return np.zeros(size)
@@ -458,9 +458,9 @@ def _product(term_major: Csr, idx: npt.NDArray[np.int64], values: FloatArray, si
         gathered = np.concatenate([data[a:b] for a, b in bounds])
         columns = np.concatenate([indices[a:b] for a, b in bounds])
     else:
-        positions = np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
+        positions = np.arange(total) + (starts - (ends - lengths)).repeat(lengths)
         gathered, columns = data[positions], indices[positions]
-    products = gathered * np.repeat(values, lengths)
+    products = gathered * values.repeat(lengths)
     return np.bincount(columns, weights=products, minlength=size).astype(np.float64, copy=False)
 
 
