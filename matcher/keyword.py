@@ -143,10 +143,6 @@ def _signal_weights(weights: FieldWeights) -> tuple[tuple[float, ...], float]:
     return tuple(w[name] for name in SIGNALS), sum(w.values())
 
 
-def _char_text(text: str) -> str:
-    return " ".join(tok for tok in tokenize(text) if tok not in STOP_WORDS)
-
-
 def _field_texts(task: Task) -> dict[str, str]:
     return {
         "title": normalize(task.title or ""),
@@ -158,7 +154,7 @@ def _field_texts(task: Task) -> dict[str, str]:
 
 class _QueryWords(NamedTuple):
     """A query's content tokens (stop words dropped), in order, and their stems: what the word
-    terms, the character n-grams (``char_wb`` reads the same words `_char_text` keeps) and the
+    terms, the character n-grams (``char_wb`` over the content tokens joined by spaces) and the
     coverage read."""
 
     content: list[str]
@@ -618,7 +614,7 @@ class _Texts:
                                                                                               strict=True)])
             phrases.append([list(map(stem, tokens)) for tokens in lines])
             words = list(itertools.chain(*head, *terms, *lines))
-            char_words.append(words)  # the words of `_char_text` over all fields, in field order
+            char_words.append(words)  # the content tokens of all fields, in field order: what ``char_wb`` reads
             surface.update(words)
         return cls(title=title, description=description, keywords=keywords, phrases=phrases, char_words=char_words,
                    surface=sorted(tok for tok in surface if tok.isalpha()))

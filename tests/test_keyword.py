@@ -31,7 +31,6 @@ from matcher.keyword import (
     _ROWS,
     SIGNALS,
     KeywordIndex,
-    _char_text,
     _collector_paused,
     _distinct,
     _field_texts,
@@ -43,7 +42,7 @@ from matcher.keyword import (
     combine,
     word_terms,
 )
-from matcher.text import normalize
+from matcher.text import STOP_WORDS, normalize, tokenize
 from tests.conftest import last_json_line_in_a_closed_folder, run_python_as_an_ordinary_user, small_records
 from tests.test_determinism import WORDS
 
@@ -53,6 +52,11 @@ QUERIES = ["pull line items and totals out of vendor invoices", "invoice invoice
            "transcribe customer support calls and summarise each one in two lines",
            "invoce recipts", "x" * 300, "line items\ntotal due", "   ", "日本語のテキストを分類する",
            "invoice " * 70 + "totals"]  # a term counted 64 times or more leaves the sublinear-TF table
+def _char_text(text: str) -> str:
+    """The text scikit-learn's ``char_wb`` analyzer reads for the character n-grams: content tokens joined by spaces."""
+    return " ".join(tok for tok in tokenize(text) if tok not in STOP_WORDS)
+
+
 texts = st.one_of(st.text(max_size=200), st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join))
 
 
