@@ -4,14 +4,17 @@ Validation happens here, once, at the boundary (pydantic); everything downstream
 `Catalog`. Every record of every file is checked before anything is kept: the problems come back
 together in one `CatalogError`, each naming the file, line, task and field, and nothing is
 half-loaded. Files are read defensively (size limit, no YAML anchors or aliases, bounded nesting),
-because a catalog path may come from a user.
+because a catalog path may come from a user. Parsing YAML is the slow part of a load, so a cache
+folder can keep each YAML file's parsed records (`load_catalog(..., cache_dir=)`).
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
+import logging
 import math
 import re
 import warnings
@@ -40,6 +43,7 @@ from rapidfuzz import fuzz, process
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
+from .cachefiles import read_cache_file, write_atomically
 from .errors import CatalogError, CatalogWarning, ScopeError, UnknownTaskError
 from .text import content_terms, normalize
 
@@ -56,6 +60,10 @@ _TOO_DEEP = f"nested deeper than {_MAX_DEPTH} levels"
 _JSON_VALUE_ERROR = "json_value"
 _ONE_KEY = "each key may appear once in a mapping"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_PARSED_FORMAT = 1  # layout of a parsed-YAML cache entry (`_ParsedYaml`)
+_MAX_PARSED_BYTES_PER_CHAR = 8  # a cache entry's JSON is about as long as the YAML it came from
+
+_log = logging.getLogger(__name__)
 
 _Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
 _ShortText = Annotated[_Text, StringConstraints(max_length=200)]
@@ -372,11 +380,14 @@ class Catalog:
         return f"Catalog({len(self)} tasks from {self._source!r}, fingerprint={self._fingerprint[:12]})"
 
 
-def load_catalog(path: str | Path) -> Catalog:
+def load_catalog(path: str | Path, *, cache_dir: str | Path | None = None) -> Catalog:
     """Load a YAML, JSON or JSON-lines catalog file, or a directory of them (sorted by name).
 
     Every file and record is checked before anything is kept; all problems are raised together
-    in one `CatalogError` whose `errors` lists them.
+    in one `CatalogError` whose `errors` lists them. With `cache_dir`, each YAML file's parsed
+    records are kept there (keyed by the file's bytes and this parser's code), so a later load of
+    an unchanged file skips the YAML parse; validation always runs, and a load that finds any
+    problem is redone from the files themselves, so errors name the same lines either way.
     """
     root = Path(path)
     if root.is_dir():
@@ -388,25 +399,113 @@ def load_catalog(path: str | Path) -> Catalog:
         files = [root]
     else:
         raise CatalogError(f"{root}: no such catalog file or directory", source=str(root))
+    parsed = _ParsedYaml(Path(cache_dir)) if cache_dir is not None else None
+    tasks, problems = _load_files(files, parsed)
+    if problems.found and parsed is not None and parsed.hits:
+        tasks, problems = _load_files(files, None)  # cached records know no field lines
+    problems.raise_if_any(str(root))
+    return Catalog(tasks, source=str(root))
+
+
+def _load_files(files: Sequence[Path], parsed: _ParsedYaml | None) -> tuple[list[Task], _Problems]:
+    """The tasks of `files` in order, and every problem met reading and validating them."""
     problems = _Problems()
     seen: dict[str, tuple[str, _RawRecord]] = {}
     tasks: list[Task] = []
     for file in files:
-        tasks.extend(_validate_records(_read_file(file, problems), str(file), problems, seen))
-    problems.raise_if_any(str(root))
-    return Catalog(tasks, source=str(root))
+        tasks.extend(_validate_records(_read_file(file, problems, parsed), str(file), problems, seen))
+    return tasks, problems
 
 
 _DEFAULT: Catalog | None = None
 
 
 def default_catalog() -> Catalog:
-    """The catalog bundled with the package (loaded once, then shared)."""
+    """The catalog bundled with the package (loaded once, then shared).
+
+    Its parsed YAML is cached in the default cache folder (`TASK_MATCHER_CACHE`, else
+    `~/.cache/task-matcher`), so a fresh process reads it in milliseconds.
+    """
     global _DEFAULT
     if _DEFAULT is None:
+        from .semantic import default_cache_dir
+
         with resources.as_file(resources.files("matcher") / "data" / "catalog") as folder:
-            _DEFAULT = load_catalog(folder)
+            _DEFAULT = load_catalog(folder, cache_dir=default_cache_dir())
     return _DEFAULT
+
+
+class _ParsedYaml:
+    """Parsed YAML catalog files kept in a cache folder as JSON, keyed by the file's text and this
+    module's code (a changed parser never reads an old entry).
+
+    An entry holds each record's data and line. One that cannot be read or has the wrong shape
+    is a miss; a file whose data JSON cannot hold exactly (dates, sets, non-string keys) is
+    not cached. Failing to write is not an error: the cache only saves time.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.hits = 0
+
+    def _path(self, text: str) -> tuple[Path, str] | None:
+        code = _parser_digest()
+        if code is None:
+            return None
+        key = hashlib.sha256(f"{code}\0{text}".encode()).hexdigest()
+        return self.folder / f"catalog-{key[:24]}.json", key
+
+    def get(self, text: str) -> list[_RawRecord] | None:
+        """The records of `text` as parsed before, or None."""
+        where = self._path(text)
+        if where is None:
+            return None
+        path, key = where
+        try:
+            blob = read_cache_file(path, max_bytes=_MAX_PARSED_BYTES_PER_CHAR * len(text) + 1024)
+            if blob is None:
+                return None
+            entry = json.loads(blob)
+            if not (isinstance(entry, dict) and entry.get("format") == _PARSED_FORMAT and entry.get("key") == key
+                    and isinstance(entry.get("records"), list)):
+                raise ValueError("not a parsed catalog entry of this parser")
+            records = []
+            for number, item in enumerate(entry["records"], start=1):
+                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)):
+                    raise ValueError(f"record #{number} is not [data, line]")
+                records.append(_RawRecord(item[0], number, item[1]))
+        except (OSError, ValueError) as exc:
+            _log.debug("parsed catalog cache %s not used: %s", path, exc)
+            return None
+        self.hits += 1
+        return records
+
+    def put(self, text: str, records: Sequence[_RawRecord]) -> None:
+        """Keep the records of `text`, when JSON holds their data exactly."""
+        where = self._path(text)
+        if where is None:
+            return
+        path, key = where
+        rows = [[raw.data, raw.line] for raw in records]
+        try:
+            blob = json.dumps({"format": _PARSED_FORMAT, "key": key, "records": rows}, ensure_ascii=False,
+                              allow_nan=False, separators=(",", ":"))
+            if json.loads(blob)["records"] != rows:
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, blob.encode("utf-8"))
+        except (OSError, TypeError, ValueError, RecursionError) as exc:
+            _log.debug("parsed catalog not cached at %s: %s", path, exc)
+
+
+@functools.cache
+def _parser_digest() -> str | None:
+    """Digest of what turns a YAML text into records: this module's source and PyYAML's version."""
+    try:
+        source = Path(__file__).read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha256(b"\0".join([str(_PARSED_FORMAT).encode(), yaml.__version__.encode(), source])).hexdigest()
 
 
 class _Problems:
@@ -535,7 +634,7 @@ if _FAST_LOADER_BASE is not None:
         """libyaml's safe loader with the catalog's duplicate-key check (see `_fast_loader`)."""
 
 
-def _read_file(file: Path, problems: _Problems) -> list[_RawRecord]:
+def _read_file(file: Path, problems: _Problems, parsed: _ParsedYaml | None = None) -> list[_RawRecord]:
     """The records of one catalog file; a file that cannot be read or parsed adds a problem instead."""
     source = str(file)
     try:
@@ -559,7 +658,16 @@ def _read_file(file: Path, problems: _Problems) -> list[_RawRecord]:
         return _jsonl_records(text, source, problems)
     if file.suffix == ".json":
         return _json_records(text, source, problems)
-    return _yaml_records(text, source, problems)
+    if parsed is None:
+        return _yaml_records(text, source, problems)
+    cached = parsed.get(text)
+    if cached is not None:
+        return cached
+    before = len(problems.found)
+    records = _yaml_records(text, source, problems)
+    if len(problems.found) == before:
+        parsed.put(text, records)
+    return records
 
 
 def _yaml_records(text: str, source: str, problems: _Problems) -> list[_RawRecord]:

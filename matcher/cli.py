@@ -232,7 +232,9 @@ def _catalog_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
-    return load_catalog(args.catalog) if args.catalog else default_catalog()
+    from .semantic import default_cache_dir
+
+    return load_catalog(args.catalog, cache_dir=default_cache_dir()) if args.catalog else default_catalog()
 
 
 def _prepare_output(path: Path) -> None:

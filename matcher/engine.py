@@ -120,7 +120,9 @@ class Matcher:
         if catalog is None:
             catalog = default_catalog()
         elif isinstance(catalog, (str, Path)):
-            catalog = load_catalog(catalog)
+            from .semantic import default_cache_dir
+
+            catalog = load_catalog(catalog, cache_dir=cache_dir if cache_dir is not None else default_cache_dir())
         elif not isinstance(catalog, Catalog):
             raise TypeError(f"catalog must be a Catalog or a path, got {type(catalog).__name__}")
         if config is not None and not isinstance(config, MatcherConfig):

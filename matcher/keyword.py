@@ -199,27 +199,26 @@ class KeywordIndex:
         self._phrase_starts = np.searchsorted(self._phrase_owner, np.arange(n))
         self._has_phrases = np.bincount(self._phrase_owner, minlength=n) > 0
         with _collector_paused():
-            self._load(_cached_build(profiles, cache_dir))
+            self._load(*_cached_build(profiles, cache_dir))
         self._closest_word = lru_cache(maxsize=_FUZZY_CACHE_SIZE)(self._closest_word_uncached)
         self._gram_ids = lru_cache(maxsize=_GRAM_CACHE_SIZE)(self._gram_ids_uncached)
         self._profile_terms = lru_cache(maxsize=_PROFILE_TERMS_CACHE_SIZE)(self._profile_terms_uncached)
 
-    def _load(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
-        """Set the index up from its arrays (`_build`'s, or a checked cache's)."""
+    def _load(self, arrays: dict[str, npt.NDArray[Any]], tables: _Tables) -> None:
+        """Set the index up from its arrays (`_build`'s, or a checked cache's) and their string tables."""
         n, phrases = self._n, len(self._phrases)
-        self._terms = _strings(arrays["word_terms"])
-        self._vocab: dict[str, int] = dict(zip(self._terms, range(len(self._terms)), strict=True))
+        self._terms = tables.terms
+        self._vocab: dict[str, int] = tables.vocab
         self._idf: FloatArray = arrays["word_idf"]
         self._rows: dict[str, Csr] = {name: (arrays[f"{name}_data"], arrays[f"{name}_indices"],
                                              arrays[f"{name}_indptr"]) for name in _ROWS}
         stacked = _vstack([self._rows[name] for name in _ROWS])
         self._word_t = _transpose(stacked, len(self._terms))
         self._flat_size = 4 * n + phrases
-        grams = _strings(arrays["char_terms"])
-        self._char_vocab: dict[str, int] = dict(zip(grams, range(len(grams)), strict=True))
+        self._char_vocab: dict[str, int] = tables.gram_index
         self._char_idf: FloatArray = arrays["char_idf"]
         self._char_t: Csr = (arrays["char_data"], arrays["char_indices"], arrays["char_indptr"])
-        self._surface_vocab = _strings(arrays["surface"])
+        self._surface_vocab = tables.surface
 
     @property
     def vocabulary_size(self) -> int:
@@ -517,6 +516,28 @@ def _strings(blob: npt.NDArray[Any]) -> list[str]:
     return text.split("\n") if text else []
 
 
+class _Tables(NamedTuple):
+    """The index's string tables, decoded once for both `_check` and `KeywordIndex._load`."""
+
+    terms: list[str]
+    vocab: dict[str, int]
+    grams: list[str]
+    gram_index: dict[str, int]
+    surface: list[str]
+
+    @classmethod
+    def of(cls, arrays: dict[str, npt.NDArray[Any]]) -> _Tables:
+        """Decode the tables; `ValueError` unless each is sorted and distinct, as `_build` writes them."""
+        terms, grams, surface = (_strings(arrays[name]) for name in ("word_terms", "char_terms", "surface"))
+        vocab = dict(zip(terms, range(len(terms)), strict=True))
+        gram_index = dict(zip(grams, range(len(grams)), strict=True))
+        for name, table, distinct in (("word", terms, len(vocab)), ("character n-gram", grams, len(gram_index)),
+                                      ("fuzzy-repair", surface, len(set(surface)))):
+            if distinct != len(table) or table != sorted(table):
+                raise ValueError(f"the {name} vocabulary is not sorted and distinct")
+        return cls(terms, vocab, grams, gram_index, surface)
+
+
 def _csr(matrix: sp.csr_matrix, name: str) -> dict[str, npt.NDArray[Any]]:
     matrix.sort_indices()
     return {f"{name}_data": np.asarray(matrix.data, dtype=np.float64),
@@ -731,11 +752,12 @@ def _cache_key(profiles: Sequence[Task]) -> tuple[str, int]:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest(), len(blob)
 
 
-def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> dict[str, npt.NDArray[Any]]:
-    """The index's arrays, read from the cache in `cache_dir` when it passes `_check`, else built
-    (and written there). Without `cache_dir`, always built."""
+def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> tuple[dict[str, npt.NDArray[Any]], _Tables]:
+    """The index's arrays and string tables, read from the cache in `cache_dir` when it passes
+    `_check`, else built (and written there). Without `cache_dir`, always built."""
     if cache_dir is None:
-        return _build(profiles)
+        arrays = _build(profiles)
+        return arrays, _Tables.of(arrays)
     from .semantic import sweep_stale_temporaries
 
     key, chars = _cache_key(profiles)
@@ -743,11 +765,12 @@ def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> dict[str,
     manifest = {"format": _CACHE_FORMAT, "key": key, "profiles": len(profiles)}
     sweep_stale_temporaries(cache_dir)
     try:
-        arrays = load_arrays(path, manifest, _ARRAYS, max_bytes=chars * _MAX_CACHE_BYTES_PER_CHAR + _MAX_CACHE_OVERHEAD)
-        if arrays is not None:
-            _check(arrays, profiles)
+        cached = load_arrays(path, manifest, _ARRAYS, max_bytes=chars * _MAX_CACHE_BYTES_PER_CHAR + _MAX_CACHE_OVERHEAD)
+        if cached is not None:
+            tables = _Tables.of(cached)
+            _check(cached, tables, profiles)
             _log.info("keyword index read from the cache %s", path)
-            return arrays
+            return cached, tables
     except Exception as exc:  # any unusable cache is rebuilt, never trusted
         warnings.warn(f"keyword index cache {path} is unusable ({exc}); rebuilding it", RuntimeWarning, stacklevel=5)
     started = time.perf_counter()
@@ -760,10 +783,10 @@ def _cached_build(profiles: Sequence[Task], cache_dir: Path | None) -> dict[str,
     except OSError as exc:
         warnings.warn(f"cannot write keyword index cache {path} ({exc}); continuing without it",
                       RuntimeWarning, stacklevel=5)
-    return arrays
+    return arrays, _Tables.of(arrays)
 
 
-def _check(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task]) -> None:
+def _check(arrays: dict[str, npt.NDArray[Any]], tables: _Tables, profiles: Sequence[Task]) -> None:
     """Raise `ValueError` unless the cached arrays can be the index of `profiles`.
 
     A checksum only proves the file whole (whoever can write it can recompute it), so the arrays
@@ -772,10 +795,7 @@ def _check(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task]) -> Non
     last), analysed again now, must equal the stored ones.
     """
     n = len(profiles)
-    terms, grams = _strings(arrays["word_terms"]), _strings(arrays["char_terms"])
-    for name, table in (("word", terms), ("character n-gram", grams)):
-        if any(a >= b for a, b in itertools.pairwise(table)):
-            raise ValueError(f"the {name} vocabulary is not sorted and distinct")
+    terms, grams = tables.terms, tables.grams
     if len(terms) > _MAX_INDEX or len(grams) > _MAX_INDEX:
         raise ValueError("a vocabulary is larger than the index can hold")
     shapes = {name: (len(profiles), len(terms)) for name in _FIELDS}
@@ -795,10 +815,9 @@ def _check(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task]) -> Non
         expected = np.log(np.full(size, n + 1.0) / (counts + 1.0)) + 1.0
         if not np.allclose(arrays[name], expected, rtol=0.0, atol=_TOLERANCE):
             raise ValueError(f"{name} is not the smoothed IDF of the stored matrices")
-    surface = _strings(arrays["surface"])
-    if any(a >= b for a, b in itertools.pairwise(surface)) or not all(w.isalpha() for w in surface):
-        raise ValueError("the fuzzy-repair vocabulary is not sorted, distinct and alphabetic")
-    _check_probes(arrays, profiles, terms, grams, set(surface))
+    if not all(w.isalpha() for w in tables.surface):
+        raise ValueError("the fuzzy-repair vocabulary is not alphabetic")
+    _check_probes(arrays, profiles, tables)
 
 
 def _check_csr(arrays: dict[str, npt.NDArray[Any]], name: str, rows: int, columns: int) -> None:
@@ -821,27 +840,21 @@ def _check_csr(arrays: dict[str, npt.NDArray[Any]], name: str, rows: int, column
         raise ValueError(f"matrix {name} has unsorted or repeated columns within a row")
 
 
-def _check_probes(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task], terms: list[str],
-                  grams: list[str], surface: set[str]) -> None:
+def _check_probes(arrays: dict[str, npt.NDArray[Any]], profiles: Sequence[Task], tables: _Tables) -> None:
     """Rows of `_PROBES` profiles (spread from first to last) analysed again must equal the stored ones."""
     n = len(profiles)
-    vocab = {t: i for i, t in enumerate(terms)}
-    gram_index = {g: i for i, g in enumerate(grams)}
+    vocab, gram_index, grams, surface = tables.vocab, tables.gram_index, tables.grams, set(tables.surface)
     idf, char_idf = arrays["word_idf"], arrays["char_idf"]
     positions = sorted({round(i * (n - 1) / (_PROBES - 1)) for i in range(_PROBES)}) if n > 1 else list(range(n))
     phrase_start = np.concatenate([[0], np.cumsum([len(p.phrases) for p in profiles])])
     char_rows = np.repeat(np.arange(len(grams)), np.diff(arrays["char_indptr"]))
 
     def tfidf(items: Sequence[str], index: dict[str, int], weights: FloatArray) -> dict[int, float]:
-        counts = Counter(items)
-        if any(t not in index for t in counts):
-            raise ValueError("a probed profile uses a term missing from the vocabulary")
-        known = sorted((index[t], c) for t, c in counts.items())
-        if not known:
-            return {}
-        keys = [k for k, _ in known]
-        values = np.array([1.0 + math.log(c) for _, c in known]) * weights[keys]
-        return dict(zip(keys, (values / np.linalg.norm(values)).tolist(), strict=True))
+        try:
+            keys, values = _unit_tfidf(Counter(map(index.__getitem__, items)), weights)
+        except KeyError:
+            raise ValueError("a probed profile uses a term missing from the vocabulary") from None
+        return dict(zip(keys.tolist(), values.tolist(), strict=True))
 
     for position in positions:
         texts = _Texts.of([profiles[position]])

@@ -539,3 +539,104 @@ def test_the_libyaml_loader_refuses_duplicate_keys_too() -> None:
     assert fast is not None
     with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'a' \\(first at line 1\\)"):
         fast.construct_document(fast.get_single_node())
+
+
+def _write_small_catalog(folder: Path) -> Path:
+    folder.mkdir()
+    records = small_records()
+    (folder / "a.yaml").write_text(yaml.safe_dump({"tasks": records[:2]}, sort_keys=False), encoding="utf-8")
+    (folder / "b.yaml").write_text(yaml.safe_dump(records[2:], sort_keys=False), encoding="utf-8")
+    return folder
+
+
+def _same_tasks(left: Catalog, right: Catalog) -> bool:
+    return [t.to_dict() for t in left] == [t.to_dict() for t in right] and left.fingerprint == right.fingerprint
+
+
+def test_a_cached_parse_gives_the_same_catalog_without_parsing_yaml(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import matcher.catalog as catalog_module
+
+    folder, cache = _write_small_catalog(tmp_path / "catalog"), tmp_path / "cache"
+    plain = load_catalog(folder)
+    first = load_catalog(folder, cache_dir=cache)
+    assert len(list(cache.glob("catalog-*.json"))) == 2  # one entry per YAML file
+    monkeypatch.setattr(catalog_module, "_yaml_records", lambda *_: pytest.fail("the YAML was parsed again"))
+    second = load_catalog(folder, cache_dir=cache)
+    assert _same_tasks(plain, first) and _same_tasks(plain, second)
+
+
+def test_an_edited_file_is_parsed_again(tmp_path: Path) -> None:
+    folder, cache = _write_small_catalog(tmp_path / "catalog"), tmp_path / "cache"
+    load_catalog(folder, cache_dir=cache)
+    text = (folder / "b.yaml").read_text(encoding="utf-8")
+    (folder / "b.yaml").write_text(text.replace("Sentiment analysis", "Opinion mining"), encoding="utf-8")
+    assert load_catalog(folder, cache_dir=cache).get("sentiment-analysis").title == "Opinion mining"
+    assert len(list(cache.glob("catalog-*.json"))) == 3
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\xff\xfe not json", b'{"format": 1, "key": "x", "records": []}',
+                                     b"[1, 2, 3]", b'{"format": 1}'])
+def test_an_unusable_cache_entry_is_parsed_again_and_replaced(tmp_path: Path, garbage: bytes) -> None:
+    folder, cache = _write_small_catalog(tmp_path / "catalog"), tmp_path / "cache"
+    plain = load_catalog(folder, cache_dir=cache)
+    for entry in cache.glob("catalog-*.json"):
+        entry.write_bytes(garbage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cache only saves time: nothing to warn about
+        assert _same_tasks(plain, load_catalog(folder, cache_dir=cache))
+    assert all(entry.read_bytes() != garbage for entry in cache.glob("catalog-*.json"))
+
+
+def test_a_cache_folder_that_cannot_be_written_only_costs_time(tmp_path: Path) -> None:
+    folder = _write_small_catalog(tmp_path / "catalog")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _same_tasks(load_catalog(folder), load_catalog(folder, cache_dir=blocked / "cache"))
+
+
+def test_problems_name_the_same_lines_with_a_warm_cache(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("# comment\n- id: a\n  title: A\n- id: b\n  phrases:\n    - ok\n    - ''\n")
+    (tmp_path / "more.yaml").write_text("- id: a\n  title: again\n")
+    with pytest.raises(CatalogError) as uncached:
+        load_catalog(tmp_path)
+    for _ in range(2):  # the first load fills the cache, the second reads it and is redone from the files
+        with pytest.raises(CatalogError) as cached:
+            load_catalog(tmp_path, cache_dir=tmp_path / "cache")
+        assert [(p.source, p.line, p.task_id, p.field, str(p)) for p in cached.value.errors] == \
+            [(p.source, p.line, p.task_id, p.field, str(p)) for p in uncached.value.errors]
+    assert {p.line for p in uncached.value.errors} == {7, 1}  # field line 7, not the record's line 4
+
+
+def test_data_json_cannot_hold_exactly_is_not_cached(tmp_path: Path) -> None:
+    (tmp_path / "dated.yaml").write_text("- id: a\n  title: A\n  description: 2024-01-01\n")
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        with pytest.raises(CatalogError, match="description"):
+            load_catalog(tmp_path / "dated.yaml", cache_dir=cache)
+    assert not list(cache.glob("catalog-*.json"))
+
+
+def test_the_default_catalog_is_read_through_the_default_cache(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import matcher.catalog as catalog_module
+
+    monkeypatch.setenv("TASK_MATCHER_CACHE", str(tmp_path))
+    monkeypatch.setattr(catalog_module, "_DEFAULT", None)
+    first = matcher.default_catalog()
+    shipped = Path(catalog_module.__file__).parent / "data" / "catalog"
+    assert len(list(tmp_path.glob("catalog-*.json"))) == len(list(shipped.glob("*.yaml"))) > 1
+    monkeypatch.setattr(catalog_module, "_DEFAULT", None)
+    monkeypatch.setattr(catalog_module, "_yaml_records", lambda *_: pytest.fail("the YAML was parsed again"))
+    assert _same_tasks(first, matcher.default_catalog())
+
+
+def test_a_matcher_given_a_path_keeps_the_parsed_catalog_in_its_cache_folder(tmp_path: Path) -> None:
+    folder, cache = _write_small_catalog(tmp_path / "catalog"), tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", matcher.ConfigWarning)  # three tasks are too few to self-calibrate
+        engine = matcher.Matcher(folder, semantic=False, cache_dir=cache)
+    assert len(list(cache.glob("catalog-*.json"))) == 2
+    assert _same_tasks(engine.catalog, load_catalog(folder))

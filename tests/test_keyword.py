@@ -268,6 +268,11 @@ def _swap_first_terms(arrays: dict[str, Any]) -> None:
     arrays["word_terms"] = np.frombuffer("\n".join(terms).encode(), dtype=np.uint8)
 
 
+def _repeat_first_string(blob: Any) -> Any:
+    strings = bytes(blob).decode().split("\n")
+    return np.frombuffer("\n".join([strings[0], *strings]).encode(), dtype=np.uint8)
+
+
 Arrays = dict[str, Any]
 FORGERIES: dict[str, tuple[Callable[[Arrays], None], str]] = {
     "idf scaled": (lambda a: a.update(word_idf=a["word_idf"] * 1.01), "word_idf is not the smoothed IDF"),
@@ -281,6 +286,12 @@ FORGERIES: dict[str, tuple[Callable[[Arrays], None], str]] = {
     "column out of range": (lambda a: a.update(keywords_indices=a["keywords_indices"] + 10_000),
                             "matrix keywords has a column outside"),
     "terms swapped": (_swap_first_terms, "word vocabulary is not sorted"),
+    "term repeated": (lambda a: a.update(word_terms=_repeat_first_string(a["word_terms"])),
+                      "word vocabulary is not sorted and distinct"),
+    "grams repeated": (lambda a: a.update(char_terms=_repeat_first_string(a["char_terms"])),
+                       "character n-gram vocabulary is not sorted and distinct"),
+    "fuzzy word not a word": (lambda a: a.update(surface=np.frombuffer(b"a1\nzzz", dtype=np.uint8)),
+                              "fuzzy-repair vocabulary is not alphabetic"),
     "zero weights": (lambda a: a.update(description_data=np.zeros_like(a["description_data"])),
                      r"matrix description holds values outside \(0, 1\]"),
     "row pointers cut": (lambda a: a.update(title_indptr=a["title_indptr"][:-1]), "expected 3 rows"),
