@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .encoders import load_queries
-from .perf import import_times
+from .perf import cpu_reference_ms, import_times
 
 __all__ = ["BARS", "main", "run"]
 
@@ -52,7 +52,7 @@ def _probe_latency(n: int, seed: int, passes: int) -> dict[str, Any]:
 
     engine = matcher.Matcher(semantic=False)
     engine.warm_up()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"cpu reference ms": cpu_reference_ms()}
     for kind in ("short", "sentences"):
         texts = load_queries(kind, n, seed)
         for text in texts:
@@ -109,7 +109,10 @@ def render(result: dict[str, Any]) -> str:
               f"scikit-learn imported by those: {'yes' if start['scikit-learn imported'] else 'no'}. "
               f"1-minute load average at the start / end: start-up {result['start-up load average'][0]:.1f} / "
               f"{result['start-up load average'][1]:.1f}, latency {result['latency load average'][0]:.1f} / "
-              f"{result['latency load average'][1]:.1f} ({result['cores']} cores, Python {result['python']})."]
+              f"{result['latency load average'][1]:.1f} ({result['cores']} cores, Python {result['python']}). "
+              f"Machine yardstick, timed in the latency process: {result['latency']['cpu reference ms']:.2f} ms for "
+              "the fixed pure-Python workload of `benchmarks.perf.cpu_reference_ms`; compare it across runs "
+              "before comparing their latencies."]
     return "\n".join(lines) + "\n"
 
 

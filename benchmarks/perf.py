@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["import_times", "peak_memory", "probe", "scaling_run"]
+__all__ = ["cpu_reference_ms", "import_times", "peak_memory", "probe", "scaling_run"]
 
 _ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 _SAMPLE_QUERIES = (
@@ -36,6 +36,22 @@ _SAMPLE_QUERIES = (
     "classify support tickets by urgency",
     "generate a video of a cat surfing",
 )
+
+
+def cpu_reference_ms(repeats: int = 5) -> float:
+    """Median milliseconds of a fixed pure-Python workload (tokens, a dict, integer sums), the same
+    in every run: a yardstick that tells a slower or busier machine apart from slower code."""
+    words = [f"word{index % 997}" for index in range(20_000)]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        counts: dict[str, int] = {}
+        for word in words:
+            counts[word] = counts.get(word, 0) + len(word)
+        sum(value * value for value in counts.values())
+        " ".join(words).lower().split()
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
 
 
 def _max_rss_mb() -> float:

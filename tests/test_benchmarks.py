@@ -515,3 +515,30 @@ def test_the_load_benchmark_refuses_zero_rounds() -> None:
 
     with pytest.raises(SystemExit):
         load.main(["--rounds", "0"])
+
+
+def test_the_keyword_path_report_judges_each_bar_and_states_the_machine_yardstick() -> None:
+    from benchmarks.keyword_path import BARS, render
+
+    def row(median: float) -> dict[str, float]:
+        return {"queries": 150, "passes": 5, "median": median, "p99": 2 * median, "fastest per query": median}
+
+    result = {"cores": 2, "python": "3.11.7", "repeats": 7, "start-up load average": (0.1, 0.2),
+              "latency load average": (0.2, 0.3),
+              "latency": {"cpu reference ms": 4.25, "short": row(BARS["short"] - 0.01),
+                          "sentences": row(BARS["sentences"] + 0.01)},
+              "start-up": {"import matcher": 0.2, "import to first keyword answer": 0.25,
+                           "process start to first keyword answer": BARS["first answer"] + 0.1,
+                           "process start to first keyword answer, empty cache": 5.0,
+                           "scikit-learn imported": False}}
+    report = render(result)
+    short, sentences = (line for line in report.splitlines() if line.startswith(("| short", "| 1-4")))
+    assert short.endswith("ms: met |") and sentences.endswith("ms: missed |")
+    assert "(bar ≤ 0.4 s: missed) | 0.500 |" in report
+    assert "scikit-learn imported by those: no" in report and "Machine yardstick" in report and "4.25 ms" in report
+
+
+def test_the_machine_yardstick_times_real_work() -> None:
+    from benchmarks.perf import cpu_reference_ms
+
+    assert 0 < cpu_reference_ms(repeats=1) < 10_000
